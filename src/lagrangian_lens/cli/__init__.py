@@ -1,0 +1,78 @@
+"""The ``lagrangian-lens`` command: ``models``, ``energy`` and ``report``.
+
+``main(argv)`` runs in-process (tests call it directly) and returns the exit status.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ..errors import LensError
+from ..experiments.energy import EnergyConfig, format_table, run_energy, summary_rows
+from ..models.registry import ALIASES
+from ..report import ReportConfig, make_report
+from .args import add_dataclass_arguments, dataclass_from_args
+
+RENAME = {"models": "--model"}
+
+
+def _cmd_models(args) -> int:
+    rows = [["alias", "available offline", "random twin offline", "description"]]
+    for alias in ALIASES.values():
+        where = alias.availability()
+        rows.append([alias.name, {"packaged": "yes (installed wheel)", "hub-cache": "yes (hub cache)"}.get(where, "no"),
+                     "yes" if alias.config is not None or where != "online-only" else "no", alias.description])
+    print(format_table(rows))
+    print("\nAlso: any hub id or local model directory, a path to a .gguf file, and random:<spec>.")
+    return 0
+
+
+def _cmd_energy(args) -> int:
+    cfg = dataclass_from_args(EnergyConfig, args)
+    entries = run_energy(cfg, progress=not args.quiet)
+    print(format_table(summary_rows(entries)))
+    print(f"\nresults: {cfg.out}/results.json")
+    return 0
+
+
+def _cmd_report(args) -> int:
+    cfg = dataclass_from_args(ReportConfig, args)
+    path, summary = make_report(cfg, progress=not args.quiet)
+    print(summary)
+    print(f"\nreport: {path}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lagrangian-lens", description="Mechanics of language models.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("models", help="list model aliases and whether each is available offline").set_defaults(
+        func=_cmd_models)
+    for name, cls, func, text in (
+        ("energy", EnergyConfig, _cmd_energy, "point-perplexity energy of models (and random twins)"),
+        ("report", ReportConfig, _cmd_report, "the main job: every analysis, one self-contained report.html"),
+    ):
+        p = sub.add_parser(name, help=text, description=text,
+                           formatter_class=argparse.ArgumentDefaultsHelpFormatter if False else argparse.HelpFormatter)
+        add_dataclass_arguments(p, cls, rename=RENAME)
+        p.add_argument("--quiet", action="store_true", help="no progress bars")
+        p.set_defaults(func=func)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        out = getattr(args, "out", None)
+        print(f"\ninterrupted: finished runs are kept in {out}; run the same command again to resume.",
+              file=sys.stderr)
+        return 130
+    except (LensError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

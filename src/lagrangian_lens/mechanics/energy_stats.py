@@ -1,0 +1,94 @@
+"""The named run-level energy metrics of the energy paper's tables, as statistics on a step table.
+
+Table columns (each (B, n), NaN where a step is absent): ``K`` log-kinetic, ``V`` log-PPL, ``H`` = K + V,
+``entropy`` (nats), ``el`` log-EL relative residual, ``attractor`` unique tokens per segment.
+
+Where the source is ambiguous each reading is its own metric:
+
+* ``avg_trajectory_cv`` is the mean of within-trajectory CVs; ``cv_of_trajectory_means`` is the CV of
+  per-trajectory means ("an average of averages").
+* ``kv_ratio_of_means`` = mean K / mean V; ``mean_kv_ratio`` = mean of K_t/V_t over steps with V_t > 1e-6.
+* local metrics come on the H scale (``*_h``) and on E divided by its trajectory mean (``*_e_norm``).
+
+``scale`` picks what the three CVs are taken of: ``log`` (H, the default) or ``linear`` (E = exp H).
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from .energy import EnergySeries
+from .stats import (Statistic, Table, bootstrap, cv_of_row_means, drift, global_cv, mean_within_row_cv,
+                    normalise_by_row_mean_exp, pad_rows, pooled_mean, pooled_median, pooled_var, steps_diff)
+
+ENERGY_SCALES = ("log", "linear")
+KV_RATIO_V_FLOOR = 1e-6
+
+
+def energy_table(series: Sequence[EnergySeries], **extra_rows: Sequence[np.ndarray]) -> Table:
+    """Pad per-trajectory series (and extra per-step rows, NaN-marked) into one table."""
+    valid = [s.valid for s in series]
+    table = {
+        "K": pad_rows([s.log_kinetic for s in series], valid),
+        "V": pad_rows([s.log_ppl for s in series], valid),
+    }
+    table["H"] = table["K"] + table["V"]
+    for name, rows in extra_rows.items():
+        table[name] = pad_rows(rows)
+    return table
+
+
+def _kv_ratio(t: Table) -> np.ndarray:
+    v = np.where(t["V"] > KV_RATIO_V_FLOOR, t["V"], np.nan)
+    return pooled_mean(t["K"] / v)
+
+
+def energy_statistics(scale: str = "log", columns: Sequence[str] = ("K", "V", "H")) -> dict[str, Statistic]:
+    """Metric name -> statistic for a table with ``columns``; each reduces the arrays' last two axes."""
+    if scale not in ENERGY_SCALES:
+        raise ValueError(f"energy scale {scale!r} not in {ENERGY_SCALES}")
+    x = (lambda t: t["H"]) if scale == "log" else (lambda t: np.exp(t["H"]))
+    e_norm = lambda t: normalise_by_row_mean_exp(t["H"])  # noqa: E731
+    stats: dict[str, Statistic] = {
+        "global_cv": lambda t: global_cv(x(t)),
+        "avg_trajectory_cv": lambda t: mean_within_row_cv(x(t)),
+        "cv_of_trajectory_means": lambda t: cv_of_row_means(x(t)),
+        "mean_log_energy": lambda t: pooled_mean(t["H"]),
+        "mean_log_kinetic": lambda t: pooled_mean(t["K"]),
+        "mean_log_ppl": lambda t: pooled_mean(t["V"]),
+        "kv_ratio_of_means": lambda t: pooled_mean(t["K"]) / pooled_mean(t["V"]),
+        "mean_kv_ratio": _kv_ratio,
+        "mean_delta_h": lambda t: pooled_mean(steps_diff(t["H"])),
+        "mean_abs_delta_h": lambda t: pooled_mean(np.abs(steps_diff(t["H"]))),
+        "drift_h": lambda t: drift(steps_diff(t["H"])),
+        "mean_delta_e_norm": lambda t: pooled_mean(steps_diff(e_norm(t))),
+        "mean_abs_delta_e_norm": lambda t: pooled_mean(np.abs(steps_diff(e_norm(t)))),
+        "drift_e_norm": lambda t: drift(steps_diff(e_norm(t))),
+    }
+    per_column = {
+        "entropy": {"mean_entropy": lambda t: pooled_mean(t["entropy"]),
+                    "entropy_variance": lambda t: pooled_var(t["entropy"])},
+        "el": {"el_residual_median": lambda t: pooled_median(t["el"]),
+               "el_residual_mean": lambda t: pooled_mean(t["el"])},
+        "attractor": {"attractor_unique_tokens_mean": lambda t: pooled_mean(t["attractor"])},
+    }
+    for column, extra in per_column.items():
+        if column in columns:
+            stats.update(extra)
+    return stats
+
+
+def energy_metrics(table: Table, *, scale: str = "log", n_boot: int = 1000, ci: float = 0.95, seed: int = 0) -> dict:
+    """Every metric the table supports, each ``{"value", "ci_low", "ci_high"}``, plus plain counts."""
+    present = [c for c, v in table.items() if np.isfinite(v).any()]
+    stats = energy_statistics(scale, present)
+    metrics = {name: bootstrap(fn, table, n_boot=n_boot, ci=ci, seed=seed).to_dict() for name, fn in stats.items()}
+    if "attractor" in table:
+        a = table["attractor"][np.isfinite(table["attractor"])]
+        metrics["attractor_unique_tokens_sem"] = float(a.std(ddof=1) / np.sqrt(a.size)) if a.size > 1 else 0.0
+        metrics["attractor_segments"] = int(a.size)
+    metrics["n_trajectories"] = int(table["H"].shape[0])
+    metrics["n_steps"] = int(np.isfinite(table["H"]).sum())
+    metrics["kv_ratio_steps_excluded"] = int((np.isfinite(table["H"]) & ~(table["V"] > KV_RATIO_V_FLOOR)).sum())
+    return metrics

@@ -1,0 +1,63 @@
+"""Quantities that need the model's read-out h -> logits: the log-Euler–Lagrange residual and the
+neighbouring-attractor test. The read-out is passed in as a callable, so these stay pure functions.
+
+Log-Euler–Lagrange. With L = ln(½‖v‖²) + ln p(x | h), ∂L/∂v = 2v/‖v‖² and ∂L/∂h = ∇_h ln p(x | h), so on
+a stationary path p_{t+1} - p_t = ∇_h ln p(x_t | h_t) with p_t = 2v_t/‖v_t‖². The residual of a step is
+r_t = (p_{t+1} - p_t) - ∇_h ln p(x_t | h_t), reported as ‖r_t‖ / (‖p_{t+1} - p_t‖ + ‖∇‖) ∈ [0, 1]:
+0 when the equation holds, 1 when the two sides are anti-parallel, about 0.7 for unrelated directions.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+Readout = Callable[[torch.Tensor], torch.Tensor]
+
+
+def logprob_gradients(h: torch.Tensor, targets: torch.Tensor, readout: Readout, chunk: int = 256) -> torch.Tensor:
+    """(N, d) exact gradients ∇_h ln p(targets | h) through the read-out, by autograd, in chunks of rows."""
+    grads = []
+    with torch.enable_grad():
+        for s in range(0, h.shape[0], chunk):
+            x = h[s:s + chunk].detach().requires_grad_(True)
+            z = readout(x)
+            logp = torch.log_softmax(z.float() if z.dtype in (torch.float16, torch.bfloat16) else z, dim=-1)
+            picked = logp.gather(-1, targets[s:s + chunk, None].to(logp.device)).sum()
+            grads.append(torch.autograd.grad(picked, x)[0].detach())
+    return torch.cat(grads) if grads else h.new_zeros(h.shape)
+
+
+def log_el_residual(h: torch.Tensor, grad: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Relative residuals (T-2,) at positions t = 1..T-2, and which of them are defined.
+
+    ``grad`` (T, d) is ∇_h ln p(x_t | h_t) at every position; ``valid`` (T-1,) marks non-zero velocities.
+    A residual needs both v_t and v_{t+1}.
+    """
+    h, grad = h.double(), grad.double()
+    v = h[1:] - h[:-1]  # (T-1, d): v_t for t = 1..T-1
+    sq = (v * v).sum(-1, keepdim=True).clamp_min(1e-300)
+    p = 2 * v / sq  # canonical momentum of the log-Lagrangian
+    dp = p[1:] - p[:-1]  # (T-2, d) at t = 1..T-2
+    g = grad[1:-1]
+    rel = (dp - g).norm(dim=-1) / (dp.norm(dim=-1) + g.norm(dim=-1)).clamp_min(1e-300)
+    ok = valid[1:] & valid[:-1]
+    return torch.where(ok, rel, torch.zeros_like(rel)), ok
+
+
+@torch.no_grad()
+def attractor_unique_tokens(h0: torch.Tensor, h1: torch.Tensor, readout: Readout, n_alpha: int = 11,
+                            chunk: int = 128) -> torch.Tensor:
+    """(N,) how many distinct argmax tokens the read-out gives along h(α) = (1-α)h0 + αh1, α on a uniform grid.
+
+    1 means both endpoints and everything between sit in one token's basin; more means the segment crosses
+    neighbouring attractors.
+    """
+    alphas = torch.linspace(0, 1, n_alpha, dtype=h0.dtype, device=h0.device)[None, :, None]  # (1, A, 1)
+    counts = []
+    for s in range(0, h0.shape[0], chunk):
+        a, b = h0[s:s + chunk, None], h1[s:s + chunk, None]  # (n, 1, d)
+        tokens = readout((1 - alphas) * a + alphas * b).argmax(-1)  # (n, A)
+        tokens = tokens.sort(dim=-1).values
+        counts.append(1 + (tokens[:, 1:] != tokens[:, :-1]).sum(-1))
+    return torch.cat(counts) if counts else torch.zeros(0, dtype=torch.long)

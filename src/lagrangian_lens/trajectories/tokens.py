@@ -1,0 +1,60 @@
+"""Shared pieces of extraction and generation: tokenising prompts, and token statistics from raw logits."""
+from __future__ import annotations
+
+import warnings
+
+import torch
+
+from ..errors import DataError
+
+
+def context_limit(model) -> int | None:
+    """The longest sequence the model's positions allow, or None when it does not say."""
+    cfg = model.config
+    for key in ("max_position_embeddings", "n_positions", "n_ctx"):
+        if isinstance(getattr(cfg, key, None), int):
+            return getattr(cfg, key)
+    return None
+
+
+def tokenize(tokenizer, texts: list[str], *, max_tokens: int | None, reserve: int = 0, model=None) -> list[list[int]]:
+    """Token ids per text, truncated to ``max_tokens`` and to the model context minus ``reserve`` new tokens.
+
+    Raises on an empty list or an empty text; warns (once per call) when the context forces a truncation.
+    """
+    if not texts:
+        raise DataError("no prompts given: the prompt list or file is empty. Fix: give at least one non-empty prompt.")
+    empty = [i for i, t in enumerate(texts) if not t or not t.strip()]
+    if empty:
+        raise DataError(f"prompt(s) at index {empty[:10]} are empty or whitespace; remove them or give text.")
+    limit = context_limit(model) if model is not None else None
+    if limit is not None and reserve >= limit:
+        raise DataError(f"{reserve} new tokens do not fit in the model's context of {limit} positions")
+    ids = [tokenizer(t, add_special_tokens=True)["input_ids"] for t in texts]
+    if max_tokens is not None:
+        ids = [x[:max_tokens] for x in ids]
+    if limit is not None:
+        room = limit - reserve
+        too_long = [i for i, x in enumerate(ids) if len(x) > room]
+        if too_long:
+            warnings.warn(
+                f"{len(too_long)} prompt(s) (first at index {too_long[0]}, {len(ids[too_long[0]])} tokens) exceed the "
+                f"model context of {limit} positions less {reserve} new tokens; truncated to their first {room} tokens.",
+                stacklevel=3,
+            )
+            ids = [x[:room] for x in ids]
+    return ids
+
+
+def token_stats(logits: torch.Tensor, targets: torch.Tensor, chunk: int = 64) -> tuple[torch.Tensor, ...]:
+    """From raw logits (B, T, V) and targets (B, T): log p(target), log p(argmax), entropy; each (B, T) float32.
+
+    Works in float32 over chunks of positions so a 50k-200k vocabulary never needs a full float32 copy.
+    """
+    out = [[], [], []]
+    for s in range(0, logits.shape[1], chunk):
+        logp = torch.log_softmax(logits[:, s:s + chunk].float(), dim=-1)  # (B, t, V)
+        out[0].append(logp.gather(-1, targets[:, s:s + chunk, None]).squeeze(-1))
+        out[1].append(logp.max(-1).values)
+        out[2].append(-(logp.exp() * logp).sum(-1))
+    return tuple(torch.cat(o, dim=1) for o in out)

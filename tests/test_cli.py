@@ -1,0 +1,95 @@
+"""The command line, in-process: models, energy (with resume after Ctrl-C) and report, on a tiny model."""
+import json
+
+import pytest
+
+from lagrangian_lens.cli import main
+from lagrangian_lens.experiments import energy as energy_mod
+
+from .conftest import tiny_config
+
+FAST = ["--n-prompts", "3", "--new-tokens", "6", "--n-bootstrap", "20", "--quiet", "--device", "cpu"]
+
+
+def test_models_lists_the_default_as_available(capsys):
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    assert "smollm2-135m-instruct" in out and "yes (installed wheel)" in out and "qwen2.5-1.5b" in out
+
+
+def test_energy_writes_results_steps_and_figures(tmp_path, tiny_dir, capsys):
+    out = tmp_path / "e"
+    assert main(["energy", "--model", f"random:{tiny_dir}", *FAST, "--out", str(out)]) == 0
+    results = json.loads((out / "results.json").read_text())
+    (entry,) = results["runs"]
+    assert entry["weights"] == "random" and entry["conventions"]["site"] == "final"
+    for key in ("global_cv", "avg_trajectory_cv", "cv_of_trajectory_means", "mean_log_energy", "kv_ratio_of_means",
+                "mean_kv_ratio", "mean_delta_h", "mean_abs_delta_h", "drift_h", "el_residual_median",
+                "attractor_unique_tokens_mean"):
+        m = entry["metrics"][key]
+        assert m["ci_low"] <= m["value"] <= m["ci_high"], key
+    header = (out / entry["run"] / "steps.csv").read_text().splitlines()[0].split(",")
+    assert header[:2] == ["trajectory", "step"] and {"token_id", "log_kinetic", "log_ppl", "log_energy"} <= set(header)
+    assert len((out / entry["run"] / "steps.csv").read_text().splitlines()) == 1 + 3 * 5
+    assert len(list((out / "figures").glob("*.png"))) == 5
+    run = json.loads((out / "run.json").read_text())
+    assert run["config"]["seed"] == 0 and "torch" in run["environment"]["packages"]
+    assert "global_cv" in capsys.readouterr().out
+
+
+def test_ctrl_c_keeps_finished_runs_and_a_rerun_resumes(tmp_path, tiny_dir, monkeypatch, capsys):
+    out = tmp_path / "e"
+    other = tmp_path / "tiny-gpt2"
+    tiny_config("gpt2").save_pretrained(other)
+    args = ["energy", "--model", f"random:{tiny_dir}", "--model", f"random:{other}", *FAST, "--out", str(out)]
+    real, calls = energy_mod._run_one, []
+
+    def interrupted(cfg, run, *a, **k):
+        calls.append(run.name)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(cfg, run, *a, **k)
+
+    monkeypatch.setattr(energy_mod, "_run_one", interrupted)
+    assert main(args) == 130
+    assert "run the same command again to resume" in capsys.readouterr().err
+    finished = json.loads((out / "results.json").read_text())["runs"]
+    assert [e["run"] for e in finished] == [calls[0]]
+
+    calls.clear()
+    monkeypatch.setattr(energy_mod, "_run_one", lambda cfg, run, *a, **k: calls.append(run.name) or real(cfg, run, *a, **k))
+    assert main(args) == 0
+    assert calls == ["tiny-gpt2__random"]  # the first run was kept, not recomputed
+    assert len(json.loads((out / "results.json").read_text())["runs"]) == 2
+
+
+def test_changed_settings_are_not_resumed(tmp_path, tiny_dir):
+    out = tmp_path / "e"
+    assert main(["energy", "--model", f"random:{tiny_dir}", *FAST, "--out", str(out)]) == 0
+    first = json.loads((out / "results.json").read_text())["runs"][0]["result_key"]
+    assert main(["energy", "--model", f"random:{tiny_dir}", *FAST, "--ppl", "argmax", "--out", str(out)]) == 0
+    second = json.loads((out / "results.json").read_text())["runs"][0]
+    assert second["result_key"] != first and second["conventions"]["ppl"] == "argmax"
+
+
+def test_report_is_one_self_contained_html_file(tmp_path, tiny_dir, capsys):
+    out = tmp_path / "r"
+    assert main(["report", "--model", f"random:{tiny_dir}", *FAST, "--out", str(out)]) == 0
+    page = (out / "report.html").read_text()
+    assert page.count("data:image/png;base64,") == 5
+    assert 'src="http' not in page and "<link" not in page
+    for text in ("Point-perplexity energy", "Conventions", "Provenance", "global_cv", "init=hf, seed=0"):
+        assert text in page
+    assert "report:" in capsys.readouterr().out
+
+
+def test_teacher_forced_without_continuation_is_explained(tmp_path, tiny_dir, capsys):
+    code = main(["energy", "--model", f"random:{tiny_dir}", *FAST, "--trajectory", "teacher-forced",
+                 "--out", str(tmp_path / "e")])
+    assert code == 2
+    assert "no continuation after 50 context tokens" in capsys.readouterr().err
+
+
+def test_bad_option_value_is_an_error_not_a_traceback(tmp_path, capsys):
+    assert main(["energy", "--ppl", "mode", "--out", str(tmp_path)]) == 2
+    assert "ppl must be one of" in capsys.readouterr().err
