@@ -1,10 +1,12 @@
 """The command line, in-process: models, energy (with resume after Ctrl-C) and report, on a tiny model."""
 import json
 
+import numpy as np
 import pytest
 
 from lagrangian_lens.cli import main
 from lagrangian_lens.experiments import energy as energy_mod
+from lagrangian_lens.experiments.plotting import read_columns
 
 from .conftest import tiny_config
 
@@ -31,6 +33,10 @@ def test_energy_writes_results_steps_and_figures(tmp_path, tiny_dir, capsys):
     header = (out / entry["run"] / "steps.csv").read_text().splitlines()[0].split(",")
     assert header[:2] == ["trajectory", "step"] and {"token_id", "log_kinetic", "log_ppl", "log_energy"} <= set(header)
     assert len((out / entry["run"] / "steps.csv").read_text().splitlines()) == 1 + 3 * 5
+    steps = read_columns(out / entry["run"] / "steps.csv", ("trajectory", "log_energy", "power_e_norm"))
+    first = steps["trajectory"] == 0
+    e = np.exp(steps["log_energy"][first])
+    np.testing.assert_allclose(steps["power_e_norm"][first][:-1], np.diff(e / e.mean()), rtol=1e-9)
     assert len(list((out / "figures").glob("*.png"))) == 5
     run = json.loads((out / "run.json").read_text())
     assert run["config"]["seed"] == 0 and "torch" in run["environment"]["packages"]

@@ -48,7 +48,7 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls, *, rename: dic
         if hint is bool:
             parser.add_argument(option, action=argparse.BooleanOptionalAction, default=default, **kwargs)
         elif typing.get_origin(hint) is list:
-            parser.add_argument(option, action="append", type=args[0], default=None, **kwargs)
+            parser.add_argument(option, action="append", type=args[0], default=None, metavar="SPEC", **kwargs)
         else:
             base = next((a for a in args if a is not type(None)), hint)
             parser.add_argument(option, type=base, default=default, **kwargs)

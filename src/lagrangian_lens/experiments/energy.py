@@ -23,10 +23,12 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from ..data import load_prompts
+from ..mechanics.stats import normalise_by_row_mean_exp, steps_diff
 from ..models import DEFAULT_MODEL, load_model
 from ..models.loading import RANDOM_PREFIX
 from ..trajectories import Decoding, extract, generate, readout, save_trajectories
@@ -210,12 +212,17 @@ def _run_one(cfg: EnergyConfig, run: RunSpec, prompts: list[str], run_dir: Path,
 
 
 STEP_COLUMNS = ("trajectory", "step", "position", "token_id", "log_kinetic", "log_ppl", "log_energy", "entropy",
-                "el_residual", "attractor_unique_tokens", "zero_velocity")
+                "el_residual", "attractor_unique_tokens", "power_e_norm", "zero_velocity")
 
 
 def write_steps_csv(path: Path, analysis: EnergyAnalysis) -> None:
-    """One row per step; energy cells of a zero-velocity step (and absent values) are left empty."""
-    t = analysis.table
+    """One row per step; energy cells of a zero-velocity step (and absent values) are left empty.
+
+    ``power_e_norm`` is the per-step power dE/dt (dt = one token) on E divided by its trajectory mean.
+    """
+    t = dict(analysis.table)
+    power = steps_diff(normalise_by_row_mean_exp(t["H"]))
+    t["power"] = np.concatenate([power, np.full((power.shape[0], 1), np.nan)], axis=1)
     cell = lambda x: "" if x != x else repr(float(x))  # noqa: E731  NaN -> empty cell
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
@@ -225,7 +232,7 @@ def write_steps_csv(path: Path, analysis: EnergyAnalysis) -> None:
                 if analysis.step_positions[b, i] < 0:
                     continue
                 w.writerow([b, i, int(analysis.step_positions[b, i]), int(analysis.step_tokens[b, i]),
-                            *(cell(t[c][b, i]) if c in t else "" for c in ("K", "V", "H", "entropy", "el", "attractor")),
+                            *(cell(t[c][b, i]) if c in t else "" for c in ("K", "V", "H", "entropy", "el", "attractor", "power")),
                             int(t["H"][b, i] != t["H"][b, i])])
 
 

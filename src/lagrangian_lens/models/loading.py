@@ -138,7 +138,8 @@ def _load_random(inner: str, *, init: str, seed: int, dtype, trust_remote_code) 
         raise ModelSpecError(f"unknown init {init!r} for {RANDOM_PREFIX}{inner}; choose one of {INIT_SCHEMES}")
     alias = ALIASES.get(inner)
     pretrained = None
-    if init == "shuffled" or (alias is not None and alias.config is None):
+    # Without a registry config (a GGUF file, an alias with none) the config comes from the pretrained model.
+    if init == "shuffled" or inner.endswith(".gguf") or (alias is not None and alias.config is None):
         pretrained = _load_pretrained(inner, dtype=dtype, device_map=None, trust_remote_code=trust_remote_code)
         config, tokenizer, tok_source = pretrained.model.config, pretrained.tokenizer, inner
     elif alias is not None:

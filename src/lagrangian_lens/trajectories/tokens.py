@@ -46,15 +46,21 @@ def tokenize(tokenizer, texts: list[str], *, max_tokens: int | None, reserve: in
     return ids
 
 
-def token_stats(logits: torch.Tensor, targets: torch.Tensor, chunk: int = 64) -> tuple[torch.Tensor, ...]:
+def token_stats(logits: torch.Tensor, targets: torch.Tensor, rows: int | None = None) -> tuple[torch.Tensor, ...]:
     """From raw logits (B, T, V) and targets (B, T): log p(target), log p(argmax), entropy; each (B, T) float32.
 
-    Works in float32 over chunks of positions so a 50k-200k vocabulary never needs a full float32 copy.
+    Works row block by row block on views of ``logits`` (no copy of the whole tensor), in float32, so a
+    50k-250k vocabulary stays in cache-sized pieces: log p = z - logsumexp(z), H = logsumexp(z) - Σ p·z.
     """
-    out = [[], [], []]
-    for s in range(0, logits.shape[1], chunk):
-        logp = torch.log_softmax(logits[:, s:s + chunk].float(), dim=-1)  # (B, t, V)
-        out[0].append(logp.gather(-1, targets[:, s:s + chunk, None]).squeeze(-1))
-        out[1].append(logp.max(-1).values)
-        out[2].append(-(logp.exp() * logp).sum(-1))
-    return tuple(torch.cat(o, dim=1) for o in out)
+    B, T, _ = logits.shape
+    rows = rows or (64 if logits.device.type == "cpu" else T)  # a GPU takes whole sequences per kernel
+    out = torch.empty(3, B, T, dtype=torch.float32, device=logits.device)
+    for b in range(B):
+        for s in range(0, T, rows):
+            z = logits[b, s:s + rows].float()  # (r, V)
+            lse = torch.logsumexp(z, dim=-1)
+            out[0, b, s:s + rows] = z.gather(-1, targets[b, s:s + rows, None]).squeeze(-1) - lse
+            out[1, b, s:s + rows] = z.max(-1).values - lse
+            p = torch.softmax(z, dim=-1)
+            out[2, b, s:s + rows] = lse - torch.linalg.vecdot(p, z)
+    return out[0], out[1], out[2]
