@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from lagrangian_lens.cli import main
-from lagrangian_lens.experiments import energy as energy_mod
+from lagrangian_lens.experiments import runner as runner_mod
 from lagrangian_lens.experiments.plotting import read_columns
 
 from .conftest import tiny_config
@@ -48,7 +48,7 @@ def test_ctrl_c_keeps_finished_runs_and_a_rerun_resumes(tmp_path, tiny_dir, monk
     other = tmp_path / "tiny-gpt2"
     tiny_config("gpt2").save_pretrained(other)
     args = ["energy", "--model", f"random:{tiny_dir}", "--model", f"random:{other}", *FAST, "--out", str(out)]
-    real, calls = energy_mod._run_one, []
+    real, calls = runner_mod._run_one, []
 
     def interrupted(cfg, run, *a, **k):
         calls.append(run.name)
@@ -56,14 +56,14 @@ def test_ctrl_c_keeps_finished_runs_and_a_rerun_resumes(tmp_path, tiny_dir, monk
             raise KeyboardInterrupt
         return real(cfg, run, *a, **k)
 
-    monkeypatch.setattr(energy_mod, "_run_one", interrupted)
+    monkeypatch.setattr(runner_mod, "_run_one", interrupted)
     assert main(args) == 130
     assert "run the same command again to resume" in capsys.readouterr().err
     finished = json.loads((out / "results.json").read_text())["runs"]
     assert [e["run"] for e in finished] == [calls[0]]
 
     calls.clear()
-    monkeypatch.setattr(energy_mod, "_run_one", lambda cfg, run, *a, **k: calls.append(run.name) or real(cfg, run, *a, **k))
+    monkeypatch.setattr(runner_mod, "_run_one", lambda cfg, run, *a, **k: calls.append(run.name) or real(cfg, run, *a, **k))
     assert main(args) == 0
     assert calls == ["tiny-gpt2__random"]  # the first run was kept, not recomputed
     assert len(json.loads((out / "results.json").read_text())["runs"]) == 2

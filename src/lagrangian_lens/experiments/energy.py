@@ -2,40 +2,25 @@
 
 Reproduces the structure of the energy paper's Tables 1, 2 and 4 and its attractor test. Output folder::
 
-    DIR/run.json            config, environment, git sha (rewritten at every start)
-    DIR/results.json        one entry per finished run: model, weights, metrics, conventions, versions
-    DIR/<run>/result.json   the same entry, written last: its presence marks the run finished
+    DIR/run.json, DIR/results.json, DIR/<run>/result.json   as for every experiment (see .runner)
     DIR/<run>/steps.csv     trajectory, step, position, token_id, log_kinetic, log_ppl, log_energy, ...
     DIR/<run>/trajectories.safetensors (+ .json)   the states at the site, for re-analysis
     DIR/figures/*.png       comparisons across runs
-
-A rerun of the same command skips every run whose ``result.json`` holds the same settings, so an
-interrupted run resumes where it stopped.
 """
 from __future__ import annotations
 
 import csv
 import dataclasses
-import gc
-import hashlib
-import json
-import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
-from tqdm.auto import tqdm
 
-from ..data import load_prompts
 from ..mechanics.stats import normalise_by_row_mean_exp, steps_diff
-from ..models import DEFAULT_MODEL, load_model
-from ..models.loading import RANDOM_PREFIX
-from ..trajectories import Decoding, extract, generate, readout, save_trajectories
-from ..trajectories.trajectory import MODES
+from ..trajectories import readout, save_trajectories
 from .energy_analysis import EnergyAnalysis, EnergyConventions, analyse_energy
 from .energy_figures import energy_figures
-from .provenance import environment, package_versions, read_json, write_json
+from .runner import RunConfig, collect_trajectories, run_models
 from .section import FigureBlock, Section, TableBlock
 
 HEADLINE = ("global_cv", "avg_trajectory_cv", "cv_of_trajectory_means", "mean_log_energy", "kv_ratio_of_means",
@@ -43,35 +28,11 @@ HEADLINE = ("global_cv", "avg_trajectory_cv", "cv_of_trajectory_means", "mean_lo
 
 
 @dataclass
-class EnergyConfig:
-    """Settings of an energy run. Every field is also a command-line option."""
+class EnergyConfig(RunConfig):
+    """Settings of an energy run: the shared ones, then the energy paper's conventions."""
 
-    models: list[str] = field(default_factory=lambda: [DEFAULT_MODEL])
-    """Model specs: alias, hub id, local directory, .gguf path, or random:<spec>."""
-    random_twins: bool = False
-    """Also run a random-weight twin of every pretrained model."""
-    init: str = "hf"
-    """Random-twin initialisation: hf (the library's _init_weights), torch (reset_parameters) or shuffled."""
-    prompts: str = "default"
-    """Prompt source: 'default' (shipped set), a corpus name (wikitext-2-test, tinystories, tiny-shakespeare) or a file with one prompt per line."""
-    n_prompts: int = 32
-    """How many prompts to take from the source, in its order."""
-    context_tokens: int = 50
-    """Prompts are cut to their first this-many tokens."""
-    new_tokens: int = 100
-    """Tokens generated after each prompt (teacher-forced: tokens of text analysed after the context)."""
-    trajectory: str = "generated"
-    """generated (the model's own continuation) or teacher-forced (the text's continuation)."""
     ppl: str = "realized"
     """PPL_t from the realized token or from the argmax token (p_max); equal under greedy decoding."""
-    decoding: str = "greedy"
-    """greedy or sample."""
-    temperature: float = 1.0
-    """Sampling temperature (decoding=sample)."""
-    top_k: int = 0
-    """Sample among the top-k tokens, 0 for all (decoding=sample)."""
-    site: str = "final"
-    """Where h_t is read: final, embed or block.<l>."""
     span: str = "continuation"
     """Analyse the continuation only, or all positions (prompt included)."""
     energy_scale: str = "log"
@@ -86,129 +47,40 @@ class EnergyConfig:
     """Bootstrap resamples of trajectories for every confidence interval."""
     ci: float = 0.95
     """Confidence level of the intervals."""
-    batch_size: int = 16
-    """Sequences per forward pass."""
-    seed: int = 0
-    """Seeds random twins, sampling, subsets and the bootstrap."""
-    dtype: str = "float32"
-    """Model dtype: float32, bfloat16 or float16."""
-    device: str = "auto"
-    """cpu, cuda, cuda:N, or auto (cuda when available)."""
-    device_map: str | None = None
-    """'auto' spreads a model too big for one device over all devices."""
-    trust_remote_code: bool = False
-    """Allow a hub model's own Python code to run."""
-    save_trajectories: bool = True
-    """Keep the states at the site of every run (safetensors) for later re-analysis."""
     out: str = "runs/energy"
     """Output folder."""
 
     def __post_init__(self):
-        if self.trajectory not in MODES:
-            raise ValueError(f"trajectory must be one of {MODES}, got {self.trajectory!r}")
-        if not self.models:
-            raise ValueError("give at least one model")
+        super().__post_init__()
         self.conventions()  # validates ppl, span, scale
 
     def conventions(self) -> EnergyConventions:
         return EnergyConventions(self.site, self.ppl, self.span, self.energy_scale, self.zero_velocity_rtol,
                                  self.attractor_points, self.attractor_max_segments)
 
-    def result_key(self) -> str:
-        """Hash of the settings that change a run's numbers; a finished run with another key is redone."""
-        skip = {"models", "random_twins", "out", "batch_size", "device", "device_map", "save_trajectories"}
-        settings = {k: v for k, v in dataclasses.asdict(self).items() if k not in skip}
-        return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
-
-
-@dataclass(frozen=True)
-class RunSpec:
-    spec: str  # what load_model receives
-    weights: str  # "pretrained" or "random"
-
-    @property
-    def name(self) -> str:
-        spec = self.spec.removeprefix(RANDOM_PREFIX).rstrip("/")
-        if "/" in spec and Path(spec).expanduser().exists():  # a local path: its last component names it
-            spec = Path(spec).name
-        return re.sub(r"[^A-Za-z0-9_.-]+", "-", spec).strip("-.") + f"__{self.weights}"
-
-
-def plan_runs(cfg: EnergyConfig) -> list[RunSpec]:
-    runs = []
-    for spec in cfg.models:
-        is_random = spec.startswith(RANDOM_PREFIX)
-        runs.append(RunSpec(spec, "random" if is_random else "pretrained"))
-        if cfg.random_twins and not is_random:
-            runs.append(RunSpec(RANDOM_PREFIX + spec, "random"))
-    return list(dict.fromkeys(runs))
-
 
 def run_energy(cfg: EnergyConfig, *, progress: bool = True) -> list[dict]:
     """Run (or resume) every model of ``cfg``; returns the results entries, also in ``out/results.json``."""
-    out = Path(cfg.out)
-    write_json(out / "run.json", {"experiment": "energy", "config": dataclasses.asdict(cfg),
-                                  "result_key": cfg.result_key(), "environment": environment()})
-    prompts = load_prompts(cfg.prompts, cfg.n_prompts)
-    entries = []
-    for run in tqdm(plan_runs(cfg), desc="models", disable=not progress):
-        finished = out / run.name / "result.json"
-        if finished.is_file() and read_json(finished).get("result_key") == cfg.result_key():
-            entries.append(read_json(finished))
-            tqdm.write(f"[resume] {run.name}: finished earlier, kept") if progress else None
-            continue
-        entries.append(_run_one(cfg, run, prompts, out / run.name, progress))
-        write_json(out / "results.json", {"experiment": "energy", "runs": entries})
-        gc.collect()
-    write_json(out / "results.json", {"experiment": "energy", "runs": entries})
-    energy_figures(out, entries)
+
+    def analyse(loaded, prompts: list[str], run_dir: Path) -> dict:
+        trajectories = collect_trajectories(cfg, loaded, prompts, sites=cfg.site, progress=progress)
+        short = [i for i, t in enumerate(trajectories) if t.n_positions - t.n_context < 2]
+        if cfg.span == "continuation" and short:
+            raise ValueError(
+                f"teacher-forced prompt(s) {short[:10]} have no continuation after {cfg.context_tokens} context "
+                "tokens; use longer texts (e.g. --prompts wikitext-2-test), a smaller --context-tokens, or --span all"
+            )
+        device = next(loaded.model.parameters()).device
+        analysis = analyse_energy(trajectories, readout(loaded.model, cfg.site), cfg.conventions(),
+                                  n_boot=cfg.n_bootstrap, ci=cfg.ci, seed=cfg.seed, device=device)
+        write_steps_csv(run_dir / "steps.csv", analysis)
+        if cfg.save_trajectories:
+            save_trajectories(trajectories, run_dir / "trajectories")
+        return {"metrics": analysis.metrics, "conventions": dataclasses.asdict(cfg.conventions())}
+
+    entries = run_models(cfg, "energy", analyse, progress=progress)
+    energy_figures(Path(cfg.out), entries)
     return entries
-
-
-def collect_trajectories(cfg: EnergyConfig, loaded, prompts: list[str], progress: bool = False):
-    meta = {"model": loaded.description.label}
-    if cfg.trajectory == "generated":
-        decoding = Decoding(cfg.decoding, cfg.temperature, cfg.top_k, cfg.seed)
-        return generate(loaded.model, loaded.tokenizer, prompts, new_tokens=cfg.new_tokens,
-                        context_tokens=cfg.context_tokens, sites=cfg.site, decoding=decoding,
-                        batch_size=cfg.batch_size, progress=progress, metadata=meta)
-    trajectories = extract(loaded.model, loaded.tokenizer, prompts, sites=cfg.site,
-                           max_tokens=cfg.context_tokens + cfg.new_tokens, n_context=cfg.context_tokens,
-                           batch_size=cfg.batch_size, progress=progress, metadata=meta)
-    short = [i for i, t in enumerate(trajectories) if t.n_positions - t.n_context < 2]
-    if cfg.span == "continuation" and short:
-        raise ValueError(
-            f"teacher-forced prompt(s) {short[:10]} have no continuation after {cfg.context_tokens} context tokens; "
-            "use longer texts (e.g. --prompts wikitext-2-test), a smaller --context-tokens, or --span all"
-        )
-    return trajectories
-
-
-def _run_one(cfg: EnergyConfig, run: RunSpec, prompts: list[str], run_dir: Path, progress: bool) -> dict:
-    loaded = load_model(run.spec, dtype=cfg.dtype, device=cfg.device, device_map=cfg.device_map,
-                        trust_remote_code=cfg.trust_remote_code, init=cfg.init, seed=cfg.seed)
-    trajectories = collect_trajectories(cfg, loaded, prompts, progress)
-    device = next(loaded.model.parameters()).device
-    analysis = analyse_energy(trajectories, readout(loaded.model, cfg.site), cfg.conventions(),
-                              n_boot=cfg.n_bootstrap, ci=cfg.ci, seed=cfg.seed, device=device)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_steps_csv(run_dir / "steps.csv", analysis)
-    if cfg.save_trajectories:
-        save_trajectories(trajectories, run_dir / "trajectories")
-    entry = {
-        "run": run.name, "model": run.spec.removeprefix(RANDOM_PREFIX), "spec": run.spec, "weights": run.weights,
-        "metrics": analysis.metrics,
-        "conventions": {**dataclasses.asdict(cfg.conventions()), "trajectory": cfg.trajectory,
-                        "decoding": cfg.decoding, "context_tokens": cfg.context_tokens, "new_tokens": cfg.new_tokens,
-                        "n_prompts": len(prompts), "prompts": cfg.prompts, "init": cfg.init if run.weights == "random" else None},
-        "model_description": loaded.description.to_dict(), "versions": package_versions(),
-        "seed": cfg.seed, "result_key": cfg.result_key(),
-    }
-    write_json(run_dir / "result.json", entry)  # written last: marks the run finished
-    del loaded
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-    return entry
 
 
 STEP_COLUMNS = ("trajectory", "step", "position", "token_id", "log_kinetic", "log_ppl", "log_energy", "entropy",
