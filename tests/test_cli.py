@@ -82,9 +82,10 @@ def test_report_is_one_self_contained_html_file(tmp_path, tiny_dir, capsys):
     out = tmp_path / "r"
     assert main(["report", "--model", f"random:{tiny_dir}", *FAST, "--out", str(out)]) == 0
     page = (out / "report.html").read_text()
-    assert page.count("data:image/png;base64,") == 5
+    assert page.count("data:image/png;base64,") == 9  # energy 5, STP 2, sphere 2
     assert 'src="http' not in page and "<link" not in page
-    for text in ("Point-perplexity energy", "Conventions", "Provenance", "global_cv", "init=hf, seed=0"):
+    for text in ("Point-perplexity energy", "STP kinematics (token axis)", "Hypersphere geodesics (token axis)",
+                 "identity_max_abs_error", "mean_el_residual", "Conventions", "Provenance", "global_cv", "init=hf, seed=0"):
         assert text in page
     assert "report:" in capsys.readouterr().out
 
@@ -99,3 +100,23 @@ def test_teacher_forced_without_continuation_is_explained(tmp_path, tiny_dir, ca
 def test_bad_option_value_is_an_error_not_a_traceback(tmp_path, capsys):
     assert main(["energy", "--ppl", "mode", "--out", str(tmp_path)]) == 2
     assert "ppl must be one of" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("axis", ["token", "depth"])
+def test_stp_and_sphere_write_results_and_figures_on_both_axes(tmp_path, tiny_dir, axis, capsys):
+    geo = ["--model", f"random:{tiny_dir}", "--n-prompts", "4", "--n-permutations", "20", "--quiet", "--device", "cpu",
+           "--axis", axis]
+    assert main(["stp", *geo, "--out", str(tmp_path / "stp")]) == 0
+    (entry,) = json.loads((tmp_path / "stp" / "results.json").read_text())["runs"]
+    m = entry["metrics"]
+    assert m["identity_max_abs_error"] < 1e-9 and m["branch_cos_nonnegative"] + m["branch_cos_negative"] == m["n_triplets"]
+    assert 0 <= m["decelerating_fraction"] <= 1 and 1 / 21 <= m["p_normal"] <= 1
+    assert entry["conventions"]["axis"] == axis
+    assert len(list((tmp_path / "stp" / "figures").glob("*.png"))) == 2
+    assert main(["sphere", *geo, "--out", str(tmp_path / "sphere")]) == 0
+    (entry,) = json.loads((tmp_path / "sphere" / "results.json").read_text())["runs"]
+    assert 0 < entry["metrics"]["mean_step_angle"] < 3.1416 and 0 <= entry["metrics"]["mean_el_residual"] <= 1
+    assert len(list((tmp_path / "sphere" / "figures").glob("*.png"))) == 2
+    if axis == "depth":  # one path per token, each through embed + 3 blocks
+        assert entry["metrics"]["n_steps"] == 3 * entry["metrics"]["n_paths"]
+    assert "z_normal" in capsys.readouterr().out

@@ -1,4 +1,4 @@
-"""The ``lagrangian-lens`` command: ``models``, ``energy`` and ``report``.
+"""The ``lagrangian-lens`` command: ``models``, ``energy``, ``stp``, ``sphere`` and ``report``.
 
 ``main(argv)`` runs in-process (tests call it directly) and returns the exit status.
 """
@@ -8,7 +8,11 @@ import argparse
 import sys
 
 from ..errors import LensError
-from ..experiments.energy import EnergyConfig, format_table, run_energy, summary_rows
+from ..experiments import energy, sphere, stp
+from ..experiments.energy import EnergyConfig, run_energy
+from ..experiments.sphere import SphereConfig, run_sphere
+from ..experiments.stp import StpConfig, run_stp
+from ..experiments.tables import format_table, summary_rows
 from ..models.registry import ALIASES
 from ..report import ReportConfig, make_report
 from .args import add_dataclass_arguments, dataclass_from_args
@@ -27,12 +31,14 @@ def _cmd_models(args) -> int:
     return 0
 
 
-def _cmd_energy(args) -> int:
-    cfg = dataclass_from_args(EnergyConfig, args)
-    entries = run_energy(cfg, progress=not args.quiet)
-    print(format_table(summary_rows(entries)))
-    print(f"\nresults: {cfg.out}/results.json")
-    return 0
+def _experiment_command(cls, run, headline):
+    def command(args) -> int:
+        cfg = dataclass_from_args(cls, args)
+        entries = run(cfg, progress=not args.quiet)
+        print(format_table(summary_rows(entries, headline)))
+        print(f"\nresults: {cfg.out}/results.json")
+        return 0
+    return command
 
 
 def _cmd_report(args) -> int:
@@ -43,17 +49,24 @@ def _cmd_report(args) -> int:
     return 0
 
 
+COMMANDS = {  # name: (config class, command, help)
+    "energy": (EnergyConfig, _experiment_command(EnergyConfig, run_energy, energy.HEADLINE),
+               "point-perplexity energy of models (and random twins)"),
+    "stp": (StpConfig, _experiment_command(StpConfig, run_stp, stp.HEADLINE),
+            "STP kinematics: acceleration identity, deceleration, permutation null"),
+    "sphere": (SphereConfig, _experiment_command(SphereConfig, run_sphere, sphere.HEADLINE),
+               "hypersphere geodesic diagnostics against a permutation null"),
+    "report": (ReportConfig, _cmd_report, "the main job: every analysis, one self-contained report.html"),
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lagrangian-lens", description="Mechanics of language models.")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("models", help="list model aliases and whether each is available offline").set_defaults(
         func=_cmd_models)
-    for name, cls, func, text in (
-        ("energy", EnergyConfig, _cmd_energy, "point-perplexity energy of models (and random twins)"),
-        ("report", ReportConfig, _cmd_report, "the main job: every analysis, one self-contained report.html"),
-    ):
-        p = sub.add_parser(name, help=text, description=text,
-                           formatter_class=argparse.ArgumentDefaultsHelpFormatter if False else argparse.HelpFormatter)
+    for name, (cls, func, text) in COMMANDS.items():
+        p = sub.add_parser(name, help=text, description=text)
         add_dataclass_arguments(p, cls, rename=RENAME)
         p.add_argument("--quiet", action="store_true", help="no progress bars")
         p.set_defaults(func=func)

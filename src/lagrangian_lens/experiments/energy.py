@@ -22,9 +22,13 @@ from .energy_analysis import EnergyAnalysis, EnergyConventions, analyse_energy
 from .energy_figures import energy_figures
 from .runner import RunConfig, collect_trajectories, run_models
 from .section import FigureBlock, Section, TableBlock
+from .tables import summary_rows
 
 HEADLINE = ("global_cv", "avg_trajectory_cv", "cv_of_trajectory_means", "mean_log_energy", "kv_ratio_of_means",
-            "mean_kv_ratio", "mean_abs_delta_h", "drift_h", "el_residual_median", "attractor_unique_tokens_mean")
+            "mean_kv_ratio", "mean_abs_delta_h", "drift_h", "el_residual_median", "attractor_unique_tokens_mean",
+            "zero_velocity_fraction", "repeated_token_fraction", "n_trajectories", "n_steps")
+DETAIL = ("mean_log_kinetic", "mean_log_ppl", "mean_delta_h", "mean_delta_e_norm", "mean_abs_delta_e_norm",
+          "drift_e_norm", "mean_entropy", "entropy_variance", "el_residual_mean", "attractor_unique_tokens_sem")
 
 
 @dataclass
@@ -108,27 +112,6 @@ def write_steps_csv(path: Path, analysis: EnergyAnalysis) -> None:
                             int(t["H"][b, i] != t["H"][b, i])])
 
 
-def summary_rows(entries: list[dict], keys=HEADLINE) -> list[list[str]]:
-    """A printable table: one row per metric, one column per run, value [ci_low, ci_high]."""
-    rows = [["metric", *(e["run"] for e in entries)]]
-    for key in keys:
-        row = [key]
-        for e in entries:
-            m = e["metrics"].get(key)
-            row.append("-" if m is None else f"{m['value']:.4g} [{m['ci_low']:.4g}, {m['ci_high']:.4g}]"
-                       if isinstance(m, dict) else f"{m:.4g}")
-        rows.append(row)
-    for key in ("zero_velocity_fraction", "repeated_token_fraction", "n_trajectories", "n_steps"):
-        rows.append([key, *(f"{e['metrics'][key]:.4g}" for e in entries)])
-    return rows
-
-
-def format_table(rows: list[list[str]]) -> str:
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
-    return "\n".join([lines[0], "  ".join("-" * w for w in widths), *lines[1:]])
-
-
 DEFINITIONS = [
     ["v_t", "h_t − h_{t−1}", "velocity of the state at the site between consecutive positions"],
     ["K_t", "ln(½‖v_t‖²)", "log-kinetic energy"],
@@ -157,10 +140,7 @@ def report_section(out: Path, entries: list[dict]) -> Section:
             "Intervals are percentile bootstraps over trajectories. Zero-velocity steps are excluded and counted.",
         ],
         tables=[
-            TableBlock("Metrics, value [CI]", summary_rows(entries, HEADLINE + tuple(
-                k for k in ("mean_log_kinetic", "mean_log_ppl", "mean_delta_h", "mean_delta_e_norm",
-                            "mean_abs_delta_e_norm", "drift_e_norm", "mean_entropy", "entropy_variance",
-                            "el_residual_mean") if k in entries[0]["metrics"]))),
+            TableBlock("Metrics, value [CI]", summary_rows(entries, HEADLINE + DETAIL)),
             TableBlock("Conventions", [["convention", "value"], *([k, str(v)] for k, v in conv.items() if k != "init")]),
             TableBlock("Definitions", [["quantity", "formula", "meaning"], *DEFINITIONS]),
         ],

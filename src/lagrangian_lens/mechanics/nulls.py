@@ -28,9 +28,26 @@ class NullTest:
                 "p_smaller": self.p_smaller}
 
 
+def group_paths(paths: Sequence[torch.Tensor], max_batch: int = 256) -> list[torch.Tensor]:
+    """Paths (T_i, d) stacked into batches (n, T, d) of equal length, at most ``max_batch`` each, so batched
+    kernels replace a Python loop (depth paths all have the same length)."""
+    by_length: dict[int, list[torch.Tensor]] = {}
+    for p in paths:
+        by_length.setdefault(p.shape[0], []).append(p)
+    return [torch.stack(group[s:s + max_batch]) for group in by_length.values()
+            for s in range(0, len(group), max_batch)]
+
+
 def permuted(paths: Sequence[torch.Tensor], generator: torch.Generator) -> list[torch.Tensor]:
-    """Each path (T, d) with its points in a random order."""
-    return [p[torch.randperm(p.shape[0], generator=generator)] for p in paths]
+    """Each path (T, d), or each row of a batch (n, T, d), with its points in an independent random order."""
+    out = []
+    for p in paths:
+        if p.ndim == 2:
+            out.append(p[torch.randperm(p.shape[0], generator=generator)])
+        else:
+            order = torch.rand(p.shape[:2], generator=generator).argsort(dim=1)  # (n, T): one permutation per row
+            out.append(p.gather(1, order[..., None].expand_as(p)))
+    return out
 
 
 def permutation_test(statistics: Callable[[Sequence[torch.Tensor]], dict[str, float]], paths: Sequence[torch.Tensor],

@@ -1,0 +1,143 @@
+"""The hypersphere experiment: tangent-bundle geodesic diagnostics of real trajectories against a permutation null.
+
+Per run: ``DIR/<run>/sphere.npz`` (per-step angles, per-triplet curvature and EL residual, the same for one
+shuffle, and the norms along the first paths) next to the shared run files, and ``DIR/figures/*.png``.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..mechanics.nulls import group_paths, permutation_test, permuted
+from ..mechanics.sphere import path_excess, sphere_kinematics
+from .geometry import GeometryConfig, collect_paths, geometry_conventions
+from .plotting import plt, run_colour, save
+from .runner import run_models
+from .section import FigureBlock, Section, TableBlock
+from .tables import summary_rows
+
+RADII = ("unit", "sqrt_d")
+NULL_STATS = ("step_angle", "covariant_acceleration", "geodesic_curvature", "el_residual", "path_excess")
+HEADLINE = ("n_paths", "n_steps", "mean_step_angle", "mean_covariant_acceleration", "median_geodesic_curvature",
+            "mean_el_residual", "mean_path_excess", "action_per_step", "mean_norm", "norm_cv", "radial_fraction",
+            *(f"z_{s}" for s in NULL_STATS), *(f"p_{s}" for s in NULL_STATS))
+
+
+@dataclass
+class SphereConfig(GeometryConfig):
+    """Settings of a hypersphere run."""
+
+    radius: str = "unit"
+    """Sphere radius for the action: unit, or sqrt_d (√d, the scale of an RMS-normed state); angles do not depend on it."""
+    window: int = 8
+    """Steps per window of the path-length excess."""
+    out: str = "runs/sphere"
+    """Output folder."""
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.radius not in RADII:
+            raise ValueError(f"radius must be one of {RADII}, got {self.radius!r}")
+
+
+def _pooled(groups, window: int) -> dict[str, np.ndarray]:
+    ks = [sphere_kinematics(g) for g in groups]
+    pooled = {name: torch.cat([k[name].reshape(-1) for k in ks]).numpy()
+              for name in ("step_angle", "covariant_acceleration", "geodesic_curvature", "el_residual")}
+    pooled["path_excess"] = torch.cat([path_excess(g, min(window, g.shape[1] - 1)).reshape(-1) for g in groups]).numpy()
+    return pooled
+
+
+def analyse_sphere(paths: list[torch.Tensor], *, window: int = 8, radius: str = "unit", n_permutations: int = 100,
+                   seed: int = 0):
+    """Sphere metrics of ``paths`` (each (T_i, d)) and the per-step arrays behind them (for figures)."""
+    groups = group_paths(paths)
+    k = _pooled(groups, window)
+    stat = lambda gs: {s: float(np.mean(v)) for s, v in _pooled(gs, window).items()}  # noqa: E731
+    null = permutation_test(stat, groups, n_permutations=n_permutations, seed=seed)
+    norms = [p.double().norm(dim=-1) for p in paths]
+    d = paths[0].shape[-1]
+    scale = 1.0 if radius == "unit" else math.sqrt(d)
+    radial = sum(float((n[1:] - n[:-1]).abs().sum()) for n in norms)
+    moved = sum(float((p[1:] - p[:-1]).double().norm(dim=-1).sum()) for p in paths)
+    all_norms = torch.cat(norms)
+    metrics = {
+        "n_paths": len(paths), "n_steps": int(k["step_angle"].size),
+        "mean_step_angle": float(k["step_angle"].mean()),
+        "mean_covariant_acceleration": float(k["covariant_acceleration"].mean()),
+        "median_geodesic_curvature": float(np.median(k["geodesic_curvature"])),
+        "mean_el_residual": float(k["el_residual"].mean()), "mean_path_excess": float(k["path_excess"].mean()),
+        "action_per_step": float(0.5 * scale**2 * (k["step_angle"] ** 2).mean()),
+        "mean_norm": float(all_norms.mean()), "norm_cv": float(all_norms.std() / all_norms.mean()),
+        "radial_fraction": radial / moved if moved > 0 else 0.0,
+        **{f"z_{s}": null[s].z for s in NULL_STATS}, **{f"p_{s}": null[s].p_smaller for s in NULL_STATS},
+        **{f"null_mean_{s}": null[s].null_mean for s in NULL_STATS},
+        "p_direction": "one-sided: real smaller than shuffled (straighter, smoother); z < 0 means smoother",
+    }
+    shuffled = _pooled(permuted(groups, torch.Generator().manual_seed(seed + 1)), window)
+    arrays = {**k, **{f"null_{s}": v for s, v in shuffled.items()}}
+    width = max(n.shape[0] for n in norms[:8])
+    arrays["norms"] = np.stack([np.pad(n.numpy(), (0, width - n.shape[0]), constant_values=np.nan) for n in norms[:8]])
+    return metrics, arrays
+
+
+def run_sphere(cfg: SphereConfig, *, progress: bool = True) -> list[dict]:
+    def analyse(loaded, prompts, run_dir: Path) -> dict:
+        paths, _ = collect_paths(cfg, loaded, prompts, progress)
+        metrics, arrays = analyse_sphere(paths, window=cfg.window, radius=cfg.radius,
+                                         n_permutations=cfg.n_permutations, seed=cfg.seed)
+        np.savez_compressed(run_dir / "sphere.npz", **arrays)
+        return {"metrics": metrics,
+                "conventions": {**geometry_conventions(cfg), "radius": cfg.radius, "window": cfg.window}}
+
+    entries = run_models(cfg, "sphere", analyse, progress=progress)
+    sphere_figures(Path(cfg.out), entries)
+    return entries
+
+
+def sphere_figures(out: Path, entries: list[dict]) -> list[Path]:
+    data = {e["run"]: np.load(Path(out) / e["run"] / "sphere.npz") for e in entries}
+    panels = (("step_angle", "geodesic step θ (rad)"), ("geodesic_curvature", "geodesic curvature κ"),
+              ("el_residual", "geodesic EL residual"))
+    fig, axes = plt.subplots(len(entries), 3, figsize=(11, 2.6 * len(entries)), squeeze=False)
+    for row, (i, e) in zip(axes, enumerate(entries)):
+        d = data[e["run"]]
+        for ax, (key, label) in zip(row, panels):
+            both = np.concatenate([d[key], d[f"null_{key}"]])
+            bins = np.linspace(np.percentile(both, 0.5), np.percentile(both, 99.5), 60)
+            ax.hist(d[key], bins, density=True, alpha=0.6, color=run_colour(e, i), label="real order")
+            ax.hist(d[f"null_{key}"], bins, density=True, histtype="step", color="k", label="shuffled (one draw)")
+            ax.set_title(f"{e['run']}: {label}", fontsize=9)
+        row[0].legend(fontsize=7)
+    paths = [save(fig, Path(out) / "figures" / "sphere_distributions.png")]
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    for i, e in enumerate(entries):
+        for j, n in enumerate(data[e["run"]]["norms"]):
+            ax.plot(n, lw=0.9, alpha=0.6, color=run_colour(e, i), label=e["run"] if j == 0 else None)
+    ax.set_xlabel("step along the path")
+    ax.set_ylabel("‖h‖ (the radial part the sphere discards)")
+    ax.legend(fontsize=7)
+    paths.append(save(fig, Path(out) / "figures" / "sphere_radius.png"))
+    return paths
+
+
+def report_section(out: Path, entries: list[dict]) -> Section:
+    conv = entries[0]["conventions"]
+    return Section(
+        title=f"Hypersphere geodesics ({conv['axis']} axis)",
+        paragraphs=[
+            "States are projected to the unit sphere. Along a geodesic at constant speed the covariant acceleration, "
+            "the geodesic curvature and the Euler–Lagrange residual of the discrete action ½Σθ² all vanish and the "
+            "path-length excess is 0. The permutation null shuffles the order within each path; z < 0 means "
+            "straighter than chance. The radial part ‖h‖ is reported beside it.",
+        ],
+        tables=[TableBlock("Sphere metrics", summary_rows(entries, HEADLINE)),
+                TableBlock("Conventions", [["convention", "value"], *([k, str(v)] for k, v in conv.items())])],
+        figures=[FigureBlock(Path(out) / "figures" / "sphere_distributions.png",
+                             "Step angles, geodesic curvature and EL residuals, real order against one shuffle."),
+                 FigureBlock(Path(out) / "figures" / "sphere_radius.png", "Norms ‖h‖ along the first paths of each run.")],
+    )
