@@ -1,4 +1,4 @@
-"""The ``lagrangian-lens`` command: ``models``, ``energy``, ``stp``, ``sphere`` and ``report``.
+"""The ``lagrangian-lens`` command: ``models``, ``energy``, ``stp``, ``sphere``, ``report``, ``train``, ``sample``, ``eval``.
 
 ``main(argv)`` runs in-process (tests call it directly) and returns the exit status.
 """
@@ -16,6 +16,7 @@ from ..experiments.tables import format_table, summary_rows
 from ..models.registry import ALIASES
 from ..report import ReportConfig, make_report
 from .args import add_dataclass_arguments, dataclass_from_args
+from .training import add_training_commands
 
 RENAME = {"models": "--model"}
 
@@ -65,6 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("models", help="list model aliases and whether each is available offline").set_defaults(
         func=_cmd_models)
+    add_training_commands(sub)
     for name, (cls, func, text) in COMMANDS.items():
         p = sub.add_parser(name, help=text, description=text)
         add_dataclass_arguments(p, cls, rename=RENAME)

@@ -29,7 +29,7 @@ from ..models import DEFAULT_MODEL, load_model
 from ..models.loading import RANDOM_PREFIX
 from ..trajectories import Decoding, extract, generate
 from ..trajectories.trajectory import MODES
-from .provenance import environment, package_versions, read_json, write_json
+from ..provenance import environment, package_versions, read_json, write_json
 
 
 @dataclass

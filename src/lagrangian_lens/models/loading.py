@@ -144,13 +144,13 @@ def _load_random(inner: str, *, init: str, seed: int, dtype, trust_remote_code) 
         config, tokenizer, tok_source = pretrained.model.config, pretrained.tokenizer, inner
     elif alias is not None:
         config = AutoConfig.for_model(**alias.config)
-        tokenizer, tok_source = _own_or_default_tokenizer(inner, alias.hub_id)
+        tokenizer, tok_source = tokenizer_for(inner, alias.hub_id)
     else:
         try:
             config = AutoConfig.from_pretrained(inner, trust_remote_code=trust_remote_code)
         except (OSError, ValueError) as exc:
             raise ModelSpecError(f"no config for random twin of {inner!r}: {exc}\n" + known_specs_help()) from exc
-        tokenizer, tok_source = _own_or_default_tokenizer(inner, inner)
+        tokenizer, tok_source = tokenizer_for(inner, inner)
     model = build_random(config, init=init, seed=seed, dtype=dtype,
                          pretrained=pretrained.model if pretrained else None)
     check_vocab(tokenizer, model.config.vocab_size, f"{RANDOM_PREFIX}{inner}")
@@ -171,7 +171,7 @@ def check_vocab(tokenizer, vocab_size: int, what: str) -> None:
         )
 
 
-def _own_or_default_tokenizer(spec: str, source: str | None):
+def tokenizer_for(spec: str, source: str | None):
     from transformers import AutoTokenizer
 
     if spec == DEFAULT_MODEL:

@@ -13,7 +13,7 @@ import numpy as np
 from ..experiments import sphere, stp
 from ..experiments.energy import HEADLINE, EnergyConfig, report_section, run_energy
 from ..experiments.geometry import paths_from_trajectories
-from ..experiments.provenance import read_json, write_json
+from ..provenance import read_json, write_json
 from ..experiments.tables import format_table, summary_rows
 from ..trajectories import load_trajectories
 from .html import provenance_section, write_report

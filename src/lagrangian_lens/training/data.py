@@ -1,0 +1,45 @@
+"""Token streams for training: a corpus encoded once, split contiguously, sampled by a seeded generator."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..data.corpora import CORPORA, read_corpus
+from ..errors import DataError
+
+
+def corpus_text(corpus: str) -> str:
+    if corpus in CORPORA:
+        return read_corpus(corpus)
+    path = Path(corpus).expanduser()
+    if not path.is_file():
+        raise DataError(f"corpus {corpus!r} is neither a known corpus ({', '.join(CORPORA)}) nor a file")
+    return path.read_text(encoding="utf-8")
+
+
+def split_text(text: str, val_fraction: float) -> tuple[str, str]:
+    """Contiguous split: the first 1 - val_fraction of the characters train, the rest validate."""
+    if not 0 < val_fraction < 1:
+        raise DataError(f"val_fraction must be in (0, 1), got {val_fraction}")
+    cut = int(len(text) * (1 - val_fraction))
+    return text[:cut], text[cut:]
+
+
+@dataclass
+class TokenSplit:
+    tokens: torch.Tensor  # (N,) int64
+    block_size: int  # sequences are block_size tokens, targets shifted by one
+
+    def __post_init__(self):
+        if len(self.tokens) < self.block_size + 2:
+            raise DataError(f"a split of {len(self.tokens)} tokens is shorter than block_size {self.block_size} + 2: "
+                            "use a longer corpus, a smaller --val-fraction split or a smaller --block-size")
+
+    def batch(self, batch_size: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x, y), each (batch_size, block_size), at positions drawn from ``generator``."""
+        starts = torch.randint(len(self.tokens) - self.block_size - 1, (batch_size,), generator=generator)
+        offsets = torch.arange(self.block_size + 1)
+        chunk = self.tokens[starts[:, None] + offsets]  # (B, block + 1)
+        return chunk[:, :-1], chunk[:, 1:]

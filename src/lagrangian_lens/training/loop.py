@@ -1,0 +1,202 @@
+"""The training loop: AdamW with warmup and cosine decay, gradient clipping, evaluation, JSONL metrics,
+checkpoints with an exact resume, a NaN guard, the causal-probe gate, and DDP under torchrun."""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import time
+from pathlib import Path
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+from tqdm.auto import tqdm
+
+from ..data.tokenizers import build_tokenizer, load_tokenizer
+from ..errors import LensError
+from ..provenance import environment, git_state, package_versions, write_json
+from ..models.causality import CausalityError, probe_model
+from ..models.gpt import n_params
+from .checkpoint import (CHECKPOINT, CheckpointError, load_training_state, load_weights, read_meta,
+                         save_checkpoint)
+from .config import TrainConfig, build_model
+from .data import TokenSplit, corpus_text, split_text
+from .distributed import DistInfo, mean_across, setup, teardown
+
+# Settings that may differ between a run and its resume; any other change is refused unless forced.
+RESUMABLE_CHANGES = frozenset({"max_steps", "eval_every", "checkpoint_every", "device", "tensorboard", "out"})
+
+
+class TrainingError(LensError, RuntimeError):
+    """Training stopped: a non-finite loss, or a failed precondition."""
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Linear warmup to ``lr``, then cosine decay to ``min_lr`` at ``max_steps``."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps))
+    return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * progress))
+
+
+def make_optimizer(model, cfg: TrainConfig) -> torch.optim.AdamW:
+    decay = [p for p in model.parameters() if p.ndim >= 2]
+    no_decay = [p for p in model.parameters() if p.ndim < 2]
+    return torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                              {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.95))
+
+
+def prepare_data(cfg: TrainConfig, out: Path, tokenizer=None):
+    """(tokenizer, train split, val split); trains and saves the tokenizer on a new run."""
+    train_text, val_text = split_text(corpus_text(cfg.corpus), cfg.val_fraction)
+    if tokenizer is None:
+        tokenizer = build_tokenizer(cfg.tokenizer, train_text)
+    encode = lambda text: torch.tensor(tokenizer.encode(text), dtype=torch.long)  # noqa: E731
+    return tokenizer, TokenSplit(encode(train_text), cfg.block_size), TokenSplit(encode(val_text), cfg.block_size)
+
+
+@torch.no_grad()
+def evaluate(model, split: TokenSplit, cfg: TrainConfig, device, n_batches: int | None = None) -> float:
+    """Mean loss over a fixed set of batches (the same ones every time, so evaluations compare)."""
+    model.eval()
+    gen = torch.Generator().manual_seed(cfg.seed + 10_000)
+    losses = []
+    for _ in range(n_batches or cfg.eval_batches):
+        x, y = split.batch(cfg.batch_size, gen)
+        with _autocast(cfg, device):
+            losses.append(float(model(x.to(device), y.to(device))[1]))
+    model.train()
+    return sum(losses) / len(losses)
+
+
+def _autocast(cfg: TrainConfig, device: torch.device):
+    if device.type == "cuda" and cfg.bf16:
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def _check_resume(cfg: TrainConfig, meta: dict, force: bool) -> None:
+    if meta["arch"] != cfg.arch:
+        raise CheckpointError(f"the checkpoint is a {meta['arch']!r} model; --arch {cfg.arch} cannot resume it")
+    old = meta["train_config"]
+    changed = {k: (old.get(k), v) for k, v in dataclasses.asdict(cfg).items()
+               if k not in RESUMABLE_CHANGES and old.get(k) != v}
+    if changed and not force:
+        raise CheckpointError(
+            "resuming with a changed config: " + ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items())
+            + ". Resume with the original settings, or pass --force to accept the change.")
+
+
+def train(cfg: TrainConfig, *, resume: bool = False, force: bool = False, progress: bool = True) -> dict:
+    """Train (or resume) the model ``cfg`` describes; returns the final metrics."""
+    info = setup(cfg.device)
+    try:
+        return _train(cfg, info, resume=resume, force=force, progress=progress and info.is_main)
+    finally:
+        teardown(info)
+
+
+def _train(cfg: TrainConfig, info: DistInfo, *, resume: bool, force: bool, progress: bool) -> dict:
+    out = Path(cfg.out)
+    meta = read_meta(out) if resume else None
+    if resume:
+        _check_resume(cfg, meta, force)
+    elif (out / CHECKPOINT).exists() and not force:
+        raise CheckpointError(f"{out} already holds a checkpoint: pass --resume to continue it or --force to restart")
+    tokenizer, train_split, val_split = prepare_data(cfg, out, load_tokenizer(out / "tokenizer") if resume else None)
+    torch.manual_seed(cfg.seed)
+    arch_config = (cfg.splm_config if cfg.arch == "splm" else cfg.gpt_config)(len(tokenizer))
+    model = build_model(cfg.arch, dataclasses.asdict(arch_config)).to(info.device)
+    if cfg.arch == "splm" and cfg.mass == "logfreq":
+        model.mass.set_token_frequencies(torch.bincount(train_split.tokens, minlength=len(tokenizer)).to(info.device))
+    optimizer = make_optimizer(model, cfg)
+    batch_gen = torch.Generator()
+    step = 0
+    if resume:
+        load_weights(out, model)
+        torch.set_rng_state(load_training_state(out, optimizer)["torch"])
+        step = meta["step"]
+    else:
+        probe = probe_model(model, len(tokenizer), seq_len=min(16, cfg.block_size))
+        if not probe.passed:  # the gate: a model that sees the future must not train
+            raise CausalityError(f"{cfg.arch}: {probe}. Training aborted before the first optimiser step.")
+        if info.is_main:
+            out.mkdir(parents=True, exist_ok=True)
+            tokenizer.save(_mkdir(out / "tokenizer"))
+            write_json(out / "run.json", {"config": dataclasses.asdict(cfg), "model_config": dataclasses.asdict(arch_config),
+                                          "n_params": n_params(model), "probe": str(probe), "environment": environment()})
+    net = DistributedDataParallel(model) if info.enabled else model
+    log = open(out / "metrics.jsonl", "a") if info.is_main else None
+    writer = _tensorboard(cfg, out) if info.is_main else None
+    bar = tqdm(total=cfg.max_steps, initial=step, desc=f"train {cfg.arch}", disable=not progress)
+    metrics: dict = {}
+    tokens_per_step = cfg.batch_size * cfg.block_size * info.world_size
+    last_good = step
+    try:
+        while step < cfg.max_steps:
+            t0 = time.perf_counter()
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(step, cfg)
+            # Batches are a function of (seed, rank, step): a resumed run draws exactly the batches it would have.
+            batch_gen.manual_seed(cfg.seed * 1_000_003 + info.rank * 7919 + step)
+            x, y = train_split.batch(cfg.batch_size, batch_gen)
+            with _autocast(cfg, info.device):
+                _, loss = net(x.to(info.device), y.to(info.device))
+            if not torch.isfinite(loss):
+                raise TrainingError(f"the training loss became {float(loss)} at step {step}; the last good checkpoint "
+                                    f"(step {last_good}) is kept in {out / CHECKPOINT}. Lower --lr or --dt, or "
+                                    "raise --grad-clip, then resume from it with --resume --force.")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            optimizer.step()
+            step += 1
+            metrics = {"step": step, "train_loss": mean_across(float(loss.detach()), info), "lr": lr_at(step - 1, cfg),
+                       "tokens_per_s": tokens_per_step / (time.perf_counter() - t0)}
+            if cfg.arch == "splm":
+                metrics.update(model.learned_constants())
+            if step % cfg.eval_every == 0 or step == cfg.max_steps:
+                val = mean_across(evaluate(model, val_split, cfg, info.device), info)
+                metrics.update(val_loss=val, val_ppl=math.exp(min(val, 50)))
+            if info.is_main:
+                log.write(json.dumps(metrics) + "\n")
+                log.flush()
+                if writer is not None:
+                    for k, v in metrics.items():
+                        writer.add_scalar(k, v, step) if k != "step" else None
+                bar.set_postfix(loss=f"{metrics['train_loss']:.3f}", **({"val": f"{metrics['val_loss']:.3f}"}
+                                                                         if "val_loss" in metrics else {}))
+                if step % cfg.checkpoint_every == 0 or step == cfg.max_steps:
+                    _save(out, model, optimizer, info, cfg, arch_config, step, metrics)
+                    last_good = step
+            bar.update(1)
+    finally:
+        bar.close()
+        if log is not None:
+            log.close()
+    return metrics
+
+
+def _save(out, model, optimizer, info, cfg, arch_config, step, metrics) -> None:
+    rng = {"torch": torch.get_rng_state()}
+    meta = {"arch": cfg.arch, "model_config": dataclasses.asdict(arch_config), "train_config": dataclasses.asdict(cfg),
+            "step": step, "seed": cfg.seed, "tokenizer": "../tokenizer", "git": git_state(), "metrics": metrics,
+            "n_params": n_params(model), "world_size": info.world_size, "versions": package_versions()}
+    save_checkpoint(out, model, optimizer, rng, meta)
+
+
+def _mkdir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _tensorboard(cfg: TrainConfig, out: Path):
+    if not cfg.tensorboard:
+        return None
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError as exc:
+        raise TrainingError("--tensorboard needs the tensorboard package: pip install tensorboard") from exc
+    return SummaryWriter(str(out / "tensorboard"))
