@@ -30,6 +30,7 @@ test: setup
 
 bench: setup
 	$(BIN)/python benchmarks/bench_trajectories.py
+	$(BIN)/python benchmarks/bench_training.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

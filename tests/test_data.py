@@ -64,3 +64,29 @@ def test_download_is_checked_against_its_sha256(monkeypatch, tmp_path):
     monkeypatch.setitem(corpora.CORPORA, "tiny-shakespeare", fake.__class__(**{**fake.__dict__, "sha256": "0" * 64}))
     with pytest.raises(DataError, match="expected 0000"):
         corpora.corpus_path("tiny-shakespeare")
+
+
+@pytest.mark.parametrize("spec", ["char", "bpe:300", "smollm2-135m-instruct"])
+def test_tokenizers_round_trip_through_a_run_folder(spec, tmp_path):
+    from lagrangian_lens.data.tokenizers import build_tokenizer, load_tokenizer
+
+    text = "To be, or not to be, that is the question:\nWhether 'tis nobler in the mind to suffer\n" * 20
+    tok = build_tokenizer(spec, text)
+    tok.save(tmp_path)
+    back = load_tokenizer(tmp_path)
+    ids = tok.encode("To be, or not to be")
+    assert back.encode("To be, or not to be") == ids and back.decode(ids) == "To be, or not to be"
+    assert len(back) == len(tok)
+    if spec == "bpe:300":
+        assert len(tok) <= 300 and len(ids) < len("To be, or not to be")  # merges happened
+
+
+def test_tokenizer_errors_are_explained():
+    from lagrangian_lens.data.tokenizers import CharTokenizer, build_tokenizer
+
+    with pytest.raises(DataError, match=r"characters \['z'\] are not in this character vocabulary"):
+        CharTokenizer.train("abc").encode("abz")
+    with pytest.raises(DataError, match="bpe:<vocab size>"):
+        build_tokenizer("bpe:lots", "text")
+    with pytest.raises(DataError, match="too small"):
+        build_tokenizer("bpe:100", "text")

@@ -1,7 +1,8 @@
 """Paths for the geometry experiments (STP kinematics, hypersphere): along tokens at a site, or along depth.
 
 * ``token`` axis: one path per sequence, h_t at the site for t = skip .. T-1 (generated: the continuation).
-* ``depth`` axis: one path per token, h_l for l = embed, block.0, ..., block.L-1 (the raw residual stream).
+* ``depth`` axis: one path per token, h_l for l = embed, block.0, ..., block.L-1 (the raw residual stream;
+  a ``final`` site, after the final norm, lives in another space and is left out).
 
 The first ``skip_positions`` positions are dropped by default: position 0 often holds an attention-sink
 state whose norm dwarfs the rest, and one outlier would dominate every mean.
@@ -51,7 +52,8 @@ def paths_from_trajectories(trajectories: list[Trajectory], axis: str, site: str
             if path.shape[0] >= 3:
                 paths.append(path)
         else:
-            paths += list(tr.states[:, first:].transpose(0, 1))  # (positions, sites, d) -> one path per token
+            rows = [i for i, name in enumerate(tr.sites) if name == "embed" or name.startswith("block.")]
+            paths += list(tr.states[rows, first:].transpose(0, 1))  # (positions, depth, d): one path per token
     if not paths:
         raise ValueError(f"no {axis}-axis path has the 3 points a triplet needs: use longer texts or fewer "
                          f"--skip-positions (now {skip})")

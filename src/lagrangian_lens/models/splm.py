@@ -60,9 +60,8 @@ class ScalarPotential(nn.Module):
         super().__init__()
         widths = [2 * d] + [hidden] * depth
         self.hidden = nn.ModuleList(nn.Linear(a, b) for a, b in zip(widths, widths[1:]))
-        self.out = nn.Linear(widths[-1], 1)
+        self.out = nn.Linear(widths[-1], 1, bias=False)  # a constant offset of V exerts no force
         nn.init.normal_(self.out.weight, std=init_scale)
-        nn.init.zeros_(self.out.bias)
         self.d = d
 
     def forward(self, xi: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
@@ -133,15 +132,14 @@ class SPLM(nn.Module):
         nn.init.normal_(self.wpe.weight, std=0.02)
         self.potential = ScalarPotential(cfg.d_model, cfg.v_hidden, cfg.v_depth, cfg.v_init_scale)
         self.mass = Mass(cfg)
-        gamma = torch.tensor(inv_softplus(cfg.gamma)) if cfg.gamma > 0 else torch.tensor(-30.0)
-        if cfg.learn_gamma:
-            self.gamma_raw = nn.Parameter(gamma)
-        else:
-            self.register_buffer("gamma_raw", gamma)
+        if cfg.learn_gamma:  # γ = softplus(raw) stays positive while it learns
+            self.gamma_raw = nn.Parameter(torch.tensor(inv_softplus(max(cfg.gamma, 1e-6))))
+        else:  # a fixed γ is kept exactly, 0 included
+            self.register_buffer("gamma_fixed", torch.tensor(float(cfg.gamma)))
 
     @property
     def gamma(self) -> torch.Tensor:
-        return F.softplus(self.gamma_raw)
+        return F.softplus(self.gamma_raw) if self.config.learn_gamma else self.gamma_fixed
 
     def embed(self, idx: torch.Tensor) -> torch.Tensor:
         """(B, T) ids -> h_0 = E[x] + P, (B, T, d)."""
@@ -204,6 +202,7 @@ class SPLM(nn.Module):
         return {"h": h, "v": v, "mass": m_tok * torch.ones_like(potential[0]), "potential": potential,
                 "kinetic": kinetic, "energy": energy, "energy_drift": energy[-1] - energy[0]}
 
+    @torch.no_grad()
     def learned_constants(self) -> dict[str, float]:
         m = self.mass(torch.zeros(1, 1, dtype=torch.long, device=self.wte.weight.device))
         return {"gamma": float(self.gamma), "mass" if self.config.mass == "global" else "mass_token0": float(m.mean()),

@@ -18,6 +18,7 @@ from ..errors import LensError
 from ..provenance import environment, git_state, package_versions, write_json
 from ..models.causality import CausalityError, probe_model
 from ..models.gpt import n_params
+from ..models.loading import param_fingerprint
 from .checkpoint import (CHECKPOINT, CheckpointError, load_training_state, load_weights, read_meta,
                          save_checkpoint)
 from .config import TrainConfig, build_model
@@ -144,7 +145,7 @@ def _train(cfg: TrainConfig, info: DistInfo, *, resume: bool, force: bool, progr
             with _autocast(cfg, info.device):
                 _, loss = net(x.to(info.device), y.to(info.device))
             if not torch.isfinite(loss):
-                raise TrainingError(f"the training loss became {float(loss)} at step {step}; the last good checkpoint "
+                raise TrainingError(f"the training loss became {float(loss.detach())} at step {step}; the last good checkpoint "
                                     f"(step {last_good}) is kept in {out / CHECKPOINT}. Lower --lr or --dt, or "
                                     "raise --grad-clip, then resume from it with --resume --force.")
             optimizer.zero_grad(set_to_none=True)
@@ -176,6 +177,7 @@ def _train(cfg: TrainConfig, info: DistInfo, *, resume: bool, force: bool, progr
         bar.close()
         if log is not None:
             log.close()
+    metrics["param_fingerprint"] = param_fingerprint(model)  # equal on every rank when DDP keeps them in sync
     return metrics
 
 

@@ -1,0 +1,46 @@
+"""Depth trajectories of the toolkit's own models (SPLM, GPT baseline), as ``Trajectory`` objects, so every
+mechanics analysis runs on them unchanged.
+
+Sites: ``embed`` (h_0), ``block.<l>`` (the state after integration step / block l+1 of L), and ``final`` (what
+the read-out sees: h_L for the SPLM, ln_f(h_L) for the GPT).
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from .tokens import token_stats
+from .trajectory import Trajectory
+
+
+def _depth_states(model, idx: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """(L+1 states (B, T, d), final (B, T, d)) for an SPLM or GPT."""
+    h0 = model.embed(idx)
+    if hasattr(model, "integrate"):  # SPLM
+        h_last, states = model.integrate(h0, idx, keep_states=True)
+        return [h for h, _ in states], h_last
+    states = model.depth_states(h0)  # GPT
+    return states, model.ln_f(states[-1])
+
+
+@torch.no_grad()
+def own_model_trajectories(model, sequences: Sequence[Sequence[int]], *, metadata: dict | None = None) -> list[Trajectory]:
+    """One teacher-forced depth trajectory per token sequence (each at least 2 tokens, at most block_size)."""
+    device = next(model.parameters()).device
+    out = []
+    for seq in sequences:
+        idx = torch.tensor([list(seq)], device=device)
+        if idx.shape[1] < 2:
+            raise ValueError("a sequence needs at least 2 tokens to have a next token")
+        states, final = _depth_states(model, idx)
+        logits = model(idx)[0]  # (1, T, V)
+        T = idx.shape[1] - 1
+        logp, maxlogp, ent = token_stats(logits[:, :-1], idx[:, 1:])
+        sites = ("embed", *(f"block.{l}" for l in range(len(states) - 1)), "final")
+        out.append(Trajectory(
+            token_ids=idx[0].cpu(), states=torch.stack([s[0, :T] for s in (*states, final)]).float().cpu(),
+            logprobs=logp[0].cpu(), max_logprobs=maxlogp[0].cpu(), entropy=ent[0].cpu(), sites=sites, n_context=1,
+            mode="teacher-forced", metadata={"model": type(model).__name__, **(metadata or {})},
+        ))
+    return out

@@ -1,0 +1,133 @@
+"""Training: it learns, it resumes exactly, DDP keeps ranks identical, and every bad input is a clear error."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from lagrangian_lens.cli import main
+from lagrangian_lens.data.corpora import read_corpus
+from lagrangian_lens.errors import DataError
+from lagrangian_lens.models.causality import CausalityError
+from lagrangian_lens.training import TrainConfig, TrainingError, evaluate_checkpoint, train
+from lagrangian_lens.training import loop as loop_mod
+from lagrangian_lens.training.checkpoint import CheckpointError, read_meta
+
+TINY = dict(d_model=32, n_steps=2, v_hidden=64, block_size=32, batch_size=16, eval_batches=4, warmup_steps=5,
+            device="cpu", lr=3e-3)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    path = tmp_path_factory.mktemp("corpus") / "shakespeare.txt"
+    path.write_text(read_corpus("tiny-shakespeare")[:40_000])
+    return str(path)
+
+
+def losses(out: Path) -> dict[int, float]:
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r["train_loss"] for r in rows}  # a resumed run's rows overwrite the interrupted ones
+
+
+@pytest.mark.parametrize("arch", ["splm", "gpt"])
+def test_fifty_steps_lower_the_validation_loss(arch, corpus, tmp_path):
+    cfg = TrainConfig(arch=arch, corpus=corpus, out=str(tmp_path / arch), max_steps=50, eval_every=50, **TINY)
+    before = TrainConfig(**{**cfg.__dict__, "max_steps": 1, "lr": 0.0, "out": str(tmp_path / "zero")})
+    start = train(before, progress=False)["val_loss"]
+    end = train(cfg, progress=False)["val_loss"]
+    assert end < start - 0.5
+    meta = read_meta(tmp_path / arch)
+    assert meta["step"] == 50 and meta["arch"] == arch and meta["seed"] == 1337 and "sha" in meta["git"]
+    assert (tmp_path / arch / "tokenizer" / "tokenizer.json").is_file()
+    ev = evaluate_checkpoint(tmp_path / arch, split="val", max_blocks=10)
+    assert ev["ppl"] == pytest.approx(2.718281828 ** ev["loss"])
+
+
+def test_resume_after_an_interrupt_continues_exactly(corpus, tmp_path, monkeypatch):
+    base = dict(corpus=corpus, max_steps=20, eval_every=10, checkpoint_every=10, **TINY)
+    train(TrainConfig(**base, out=str(tmp_path / "straight")), progress=False)
+
+    real = loop_mod.lr_at
+
+    def interrupt_at_15(step, cfg):
+        if step == 15:
+            raise KeyboardInterrupt
+        return real(step, cfg)
+
+    monkeypatch.setattr(loop_mod, "lr_at", interrupt_at_15)
+    with pytest.raises(KeyboardInterrupt):
+        train(TrainConfig(**base, out=str(tmp_path / "resumed")), progress=False)
+    assert read_meta(tmp_path / "resumed")["step"] == 10  # the last checkpoint survives the kill
+    monkeypatch.setattr(loop_mod, "lr_at", real)
+    train(TrainConfig(**base, out=str(tmp_path / "resumed")), resume=True, progress=False)
+    straight, resumed = losses(tmp_path / "straight"), losses(tmp_path / "resumed")
+    assert [resumed[s] for s in range(11, 21)] == [straight[s] for s in range(11, 21)]
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(corpus, tmp_path, monkeypatch):
+    real = loop_mod.lr_at
+    monkeypatch.setattr(loop_mod, "lr_at", lambda step, cfg: float("nan") if step >= 12 else real(step, cfg))
+    cfg = TrainConfig(corpus=corpus, out=str(tmp_path / "nan"), max_steps=30, checkpoint_every=10, eval_every=100, **TINY)
+    with pytest.raises(TrainingError, match=r"became nan at step 13.*last good checkpoint \(step 10\)"):
+        train(cfg, progress=False)
+    assert read_meta(tmp_path / "nan")["step"] == 10
+
+
+def test_corpus_shorter_than_the_block_is_an_error(tmp_path):
+    short = tmp_path / "short.txt"
+    short.write_text("to be or not to be, that is the question" * 2)
+    with pytest.raises(DataError, match="shorter than block_size 32"):
+        train(TrainConfig(corpus=str(short), out=str(tmp_path / "o"), **TINY), progress=False)
+
+
+def test_changed_config_and_other_architecture_are_refused_on_resume(corpus, tmp_path):
+    cfg = TrainConfig(corpus=corpus, out=str(tmp_path / "r"), max_steps=2, eval_every=2, **TINY)
+    train(cfg, progress=False)
+    with pytest.raises(CheckpointError, match=r"changed config: lr: 0.003 -> 0.01"):
+        train(TrainConfig(**{**cfg.__dict__, "lr": 0.01}), resume=True, progress=False)
+    train(TrainConfig(**{**cfg.__dict__, "lr": 0.01, "max_steps": 3}), resume=True, force=True, progress=False)
+    with pytest.raises(CheckpointError, match="is a 'splm' model; --arch gpt cannot resume it"):
+        train(TrainConfig(**{**cfg.__dict__, "arch": "gpt"}), resume=True, progress=False)
+    with pytest.raises(CheckpointError, match="already holds a checkpoint"):
+        train(cfg, progress=False)
+
+
+def test_a_leaky_model_is_stopped_before_the_first_step(corpus, tmp_path, monkeypatch):
+    from .test_causal_probe import FutureShift
+
+    monkeypatch.setattr(loop_mod, "build_model", lambda arch, config: FutureShift(__import__(
+        "lagrangian_lens.models.splm", fromlist=["SPLMConfig"]).SPLMConfig(**config)))
+    with pytest.raises(CausalityError, match="aborted before the first optimiser step"):
+        train(TrainConfig(corpus=corpus, out=str(tmp_path / "leak"), **TINY), progress=False)
+    assert not (tmp_path / "leak" / "checkpoint").exists()
+
+
+def test_train_sample_and_eval_commands_and_a_toml_config(corpus, tmp_path, capsys):
+    toml = tmp_path / "run.toml"
+    toml.write_text(f'arch = "gpt"\ncorpus = "{corpus}"\nmax_steps = 3\neval_every = 3\nd_model = 32\nblock_size = 32\n'
+                    'batch_size = 8\neval_batches = 2\nn_layer = 1\n')
+    out = tmp_path / "cli"
+    assert main(["train", "--config", str(toml), "--device", "cpu", "--out", str(out), "--quiet"]) == 0
+    assert read_meta(out)["train_config"]["arch"] == "gpt"
+    assert main(["sample", "--checkpoint", str(out), "--prompt", "ROMEO:", "--max-new-tokens", "12", "--greedy"]) == 0
+    assert "ROMEO:" in capsys.readouterr().out
+    assert main(["eval", "--checkpoint", str(out), "--split", "val"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["split"] == "val" and result["ppl"] > 1
+    assert main(["sample", "--checkpoint", str(tmp_path / "nothing")]) == 2
+
+
+def test_ddp_on_two_cpu_processes_keeps_the_weights_identical(corpus, tmp_path):
+    out = tmp_path / "ddp"
+    out.mkdir()
+    worker = Path(__file__).with_name("ddp_worker.py")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(worker),
+                    str(out), corpus], check=True, env=env, capture_output=True, timeout=300)
+    ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert ranks[0]["param_fingerprint"] == ranks[1]["param_fingerprint"]
+    assert ranks[0]["train_loss"] == ranks[1]["train_loss"]  # the logged loss is the mean across ranks
+    assert read_meta(out)["world_size"] == 2
