@@ -40,6 +40,11 @@ CORPORA: dict[str, Corpus] = {
         "https://huggingface.co/datasets/roneneldan/TinyStories/resolve/main/TinyStories-valid.txt",
         description="TinyStories stories separated by <|endoftext|> (a train sample, or the validation file)",
     ),
+    "wikitext-2": Corpus(
+        "wikitext-2", ("wikitext-2-raw-train.txt", "wiki.train.raw"),
+        "https://wikitext.smerity.com/wikitext-2-raw-v1.zip", member="wikitext-2-raw/wiki.train.raw",
+        description="WikiText-2 raw, train split (wiki.train.raw), 10.9 MB: for training",
+    ),
     "wikitext-2-test": Corpus(
         "wikitext-2-test", ("wikitext-2-raw-test.txt", "wiki.test.raw"),
         "https://wikitext.smerity.com/wikitext-2-raw-v1.zip", member="wikitext-2-raw/wiki.test.raw",
