@@ -51,8 +51,11 @@ def test_conservative_system_is_recovered_with_its_constants():
     assert np.median(r2) > 0.999 and r2.min() > 0.99
     np.testing.assert_allclose(np.median(fit.alpha_), ALPHA, rtol=0.01)
     np.testing.assert_allclose(fit.alpha_, ALPHA, rtol=0.04)
-    # β and V are identifiable only up to a common scale: the learned β_l must be constant across layers
-    np.testing.assert_allclose(fit.beta_ / np.median(fit.beta_), 1.0, atol=0.1)
+    # β and V are identifiable only up to a common scale: the learned β_l must be constant across layers. The
+    # first layers see the widest spread of states, where the MLP's V is least accurate, hence the looser bound.
+    ratio = fit.beta_ / np.median(fit.beta_)
+    np.testing.assert_allclose(ratio[3:], 1.0, atol=0.03)
+    np.testing.assert_allclose(ratio, 1.0, atol=0.15)
     assert np.median(r2) > np.median(vel) + 0.1
     # with the true potential plugged in, α and β come out exactly
     oracle = SharedPotentialFit(potential=KnownPotential(lambda x, aux: grad_v(x))).fit(train)
