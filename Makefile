@@ -31,6 +31,7 @@ test: setup
 bench: setup
 	$(BIN)/python benchmarks/bench_trajectories.py
 	$(BIN)/python benchmarks/bench_training.py
+	$(BIN)/python benchmarks/bench_potential.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

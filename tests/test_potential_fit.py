@@ -125,3 +125,32 @@ def test_depth_data_validates_and_splits_by_sequence():
     assert not prepared.mask[:, :2].any()
     centred = prepared.states.permute(0, 2, 1, 3)[prepared.mask].reshape(10, -1, 6).mean(1)
     torch.testing.assert_close(centred, torch.zeros_like(centred), atol=1e-5, rtol=0)
+
+
+def test_helmholtz_augmentation_shrinks_on_a_conservative_system_and_not_on_a_curl():
+    from lagrangian_lens.experiments.potential import PotentialConfig, functional_form_menu
+
+    cfg = PotentialConfig(menu_k=6, max_epochs=150)
+    norms = {}
+    for kind in ("conservative", "curl"):
+        train, test = simulate(kind).split(0.25)
+        rows = {r["variant"]: r for r in functional_form_menu(train, test, cfg)}
+        assert set(rows) >= {"harmonic", "gaussian", "morse", "lorentzian", "log_saturation", "weibull", "power",
+                             "harmonic+helmholtz", "harmonic+gauge=rank2"}
+        norms[kind] = rows["harmonic+helmholtz"]["helmholtz_omega_fro"]
+        if kind == "curl":
+            assert rows["harmonic+helmholtz"]["median"] > rows["harmonic"]["median"]
+    assert norms["conservative"] < 0.1 * norms["curl"]
+
+
+def test_token_axis_coordinates_skip_edges_and_fit_a_token_dynamics():
+    from lagrangian_lens.experiments.potential import PotentialConfig, analyse_token_axis, token_axis_data
+
+    data = simulate(n_seq=20, n_tok=8, n_layers=12)
+    # the simulated depth axis read as a token axis: layer index <-> position
+    as_tokens = DepthData(data.states.transpose(1, 2).contiguous(), torch.ones(20, 13, dtype=torch.bool))
+    paths = token_axis_data(as_tokens, layer=3, skip_first=1, skip_last=1)
+    assert paths.states.shape == (20, 11, 1, 6)
+    result = analyse_token_axis(as_tokens, PotentialConfig(centering="none", skip_positions=0, max_epochs=150), layer=3)
+    assert result["fit"]["median"] > 0.98 and result["layer"] == 3
+    assert result["fit"]["median"] > result["velocity_only"]["median"]

@@ -8,8 +8,11 @@ import argparse
 import sys
 
 from ..errors import LensError
-from ..experiments import energy, sphere, stp
+import numpy as np
+
+from ..experiments import energy, separator, sphere, stp
 from ..experiments.energy import EnergyConfig, run_energy
+from ..experiments.separator import SeparatorConfig, run_separator
 from ..experiments.sphere import SphereConfig, run_sphere
 from ..experiments.stp import StpConfig, run_stp
 from ..experiments.tables import format_table, summary_rows
@@ -42,6 +45,17 @@ def _experiment_command(cls, run, headline):
     return command
 
 
+def _cmd_separator(args) -> int:
+    cfg = dataclass_from_args(SeparatorConfig, args)
+    results = run_separator(cfg, progress=not args.quiet)
+    print(format_table(separator.summary_rows(results)))
+    o = results["oracle"]
+    print(f"\noracle on SPLM: median R² {o['median']:.4f}; α {np.round(o['alpha'], 4).tolist()} "
+          f"(expected {o['alpha_expected']:.4f}); β {np.round(o['beta'], 4).tolist()} (expected {o['beta_expected']:.4f})")
+    print(f"\nresults: {cfg.out}/results.json")
+    return 0
+
+
 def _cmd_report(args) -> int:
     cfg = dataclass_from_args(ReportConfig, args)
     path, summary = make_report(cfg, progress=not args.quiet)
@@ -57,6 +71,8 @@ COMMANDS = {  # name: (config class, command, help)
             "STP kinematics: acceleration identity, deceleration, permutation null"),
     "sphere": (SphereConfig, _experiment_command(SphereConfig, run_sphere, sphere.HEADLINE),
                "hypersphere geodesic diagnostics against a permutation null"),
+    "separator": (SeparatorConfig, _cmd_separator,
+                  "shared-potential separator: SPLM vs matched GPT vs a pretrained model"),
     "report": (ReportConfig, _cmd_report, "the main job: every analysis, one self-contained report.html"),
 }
 

@@ -95,3 +95,17 @@ class DepthData:
         if self.aux is not None:
             out["aux"] = self.aux[self.mask]
         return out
+
+
+def pca_basis(data: DepthData, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean (d,), components (d, k)) of the real tokens' states pooled over layers."""
+    x = data.states.permute(0, 2, 1, 3)[data.mask].reshape(-1, data.states.shape[-1]).double()
+    mean = x.mean(0)
+    _, _, vt = torch.linalg.svd(x - mean, full_matrices=False)
+    return mean, vt[:min(k, vt.shape[0])].T
+
+
+def project(data: DepthData, mean: torch.Tensor, components: torch.Tensor) -> DepthData:
+    """The same trajectories in PCA coordinates (N, L+1, T, k); fit the basis on train, apply it to both."""
+    states = ((data.states.double() - mean) @ components).to(data.states.dtype)
+    return DepthData(states, data.mask, data.aux)

@@ -35,12 +35,14 @@ def profile_shape(r2: np.ndarray, tol: float = 0.05) -> str:
     r2 = np.asarray(r2, dtype=float)
     if r2.max() - r2.min() <= tol:
         return "uniform"
+    if len(r2) < 3:
+        return "other"
     thirds = np.array_split(r2, 3)
     first, mid, last = (float(t.mean()) for t in thirds)
-    if len(r2) >= 3 and mid < min(first, last) - tol:
+    if mid < min(first, last) - tol:
         return "bathtub"
     ranks = np.argsort(np.argsort(r2))
-    rho = np.corrcoef(np.arange(len(r2)), ranks)[0, 1] if len(r2) > 2 else 0.0
+    rho = np.corrcoef(np.arange(len(r2)), ranks)[0, 1]
     if rho <= -0.7 and last < first - tol:
         return "decaying"
     return "other"
@@ -107,8 +109,11 @@ class SharedPotentialFit:
         return {k: v.to(self.dtype) for k, v in data.samples().items()}
 
     def _predict(self, s: dict, alpha, beta, potential) -> torch.Tensor:
-        grad = potential.grad(s["x"], _broadcast_aux(s.get("aux"), s["x"]))
-        return alpha[:, None] * s["v"] - beta[:, None] * grad
+        force = -potential.grad(s["x"], _broadcast_aux(s.get("aux"), s["x"]))
+        extra = potential.nonconservative(s["x"], s["v"]) if hasattr(potential, "nonconservative") else None
+        if extra is not None:  # augmentations of the functional-form menu
+            force = force + extra
+        return alpha[:, None] * s["v"] + beta[:, None] * force
 
     def fit(self, data: DepthData) -> SharedPotentialFit:
         torch.manual_seed(self.seed)

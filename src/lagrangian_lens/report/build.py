@@ -13,6 +13,7 @@ import numpy as np
 from ..experiments import sphere, stp
 from ..experiments.energy import HEADLINE, EnergyConfig, report_section, run_energy
 from ..experiments.geometry import paths_from_trajectories
+from ..experiments.separator import report_section as separator_section
 from ..provenance import read_json, write_json
 from ..experiments.tables import format_table, summary_rows
 from ..trajectories import load_trajectories
@@ -35,6 +36,8 @@ class ReportConfig(EnergyConfig):
     """Model specs: alias, hub id, local directory, .gguf path, or random:<spec>."""
     save_trajectories: bool = True
     """Keep the states (the geometry sections read them back)."""
+    separator: str | None = None
+    """Add the shared-potential separator section from this finished `separator` run folder."""
 
 
 def _geometry(cfg: ReportConfig, entries: list[dict]) -> tuple[list[dict], list[dict]]:
@@ -72,6 +75,9 @@ def make_report(cfg: ReportConfig, *, progress: bool = True) -> tuple[Path, str]
     sections = [report_section(out, entries), stp.report_section(out / "stp", stp_entries),
                 sphere.report_section(out / "sphere", sphere_entries),
                 provenance_section(entries, read_json(out / "run.json")["environment"])]
+    if cfg.separator:
+        sep = Path(cfg.separator)
+        sections.insert(-1, separator_section(sep, read_json(sep / "results.json")))
     models = ", ".join(dict.fromkeys(e["model"] for e in entries))
     path = write_report(out / "report.html", "lagrangian-lens report", sections, subtitle=f"models: {models}")
     summary = "\n\n".join(format_table(summary_rows(es, keys)) for es, keys in (
