@@ -21,7 +21,7 @@ from ..trajectories import readout, save_trajectories
 from .energy_analysis import EnergyAnalysis, EnergyConventions, analyse_energy
 from .energy_figures import energy_figures
 from .runner import RunConfig, collect_trajectories, run_models
-from .section import FigureBlock, Section, TableBlock
+from .section import FigureBlock, Section, TableBlock, conventions_table
 from .tables import summary_rows
 
 HEADLINE = ("global_cv", "avg_trajectory_cv", "cv_of_trajectory_means", "mean_log_energy", "kv_ratio_of_means",
@@ -141,7 +141,7 @@ def report_section(out: Path, entries: list[dict]) -> Section:
         ],
         tables=[
             TableBlock("Metrics, value [CI]", summary_rows(entries, HEADLINE + DETAIL)),
-            TableBlock("Conventions", [["convention", "value"], *([k, str(v)] for k, v in conv.items() if k != "init")]),
+            conventions_table(conv, skip=("init",)),
             TableBlock("Definitions", [["quantity", "formula", "meaning"], *DEFINITIONS]),
         ],
         figures=[

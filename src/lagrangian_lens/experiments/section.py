@@ -23,3 +23,8 @@ class Section:
     paragraphs: list[str] = field(default_factory=list)  # plain text, one paragraph each
     tables: list[TableBlock] = field(default_factory=list)
     figures: list[FigureBlock] = field(default_factory=list)
+
+
+def conventions_table(conventions: dict, skip: tuple[str, ...] = ()) -> TableBlock:
+    return TableBlock("Conventions", [["convention", "value"],
+                                      *([k, str(v)] for k, v in conventions.items() if k not in skip)])

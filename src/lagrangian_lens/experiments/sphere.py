@@ -15,9 +15,9 @@ import torch
 from ..mechanics.nulls import group_paths, permutation_test, permuted
 from ..mechanics.sphere import path_excess, sphere_kinematics
 from .geometry import GeometryConfig, collect_paths, geometry_conventions
-from .plotting import plt, run_colour, save
+from .plotting import plt, real_vs_null_grid, run_colour, save
 from .runner import run_models
-from .section import FigureBlock, Section, TableBlock
+from .section import FigureBlock, Section, TableBlock, conventions_table
 from .tables import summary_rows
 
 RADII = ("unit", "sqrt_d")
@@ -103,17 +103,8 @@ def sphere_figures(out: Path, entries: list[dict]) -> list[Path]:
     data = {e["run"]: np.load(Path(out) / e["run"] / "sphere.npz") for e in entries}
     panels = (("step_angle", "geodesic step θ (rad)"), ("geodesic_curvature", "geodesic curvature κ"),
               ("el_residual", "geodesic EL residual"))
-    fig, axes = plt.subplots(len(entries), 3, figsize=(11, 2.6 * len(entries)), squeeze=False)
-    for row, (i, e) in zip(axes, enumerate(entries)):
-        d = data[e["run"]]
-        for ax, (key, label) in zip(row, panels):
-            both = np.concatenate([d[key], d[f"null_{key}"]])
-            bins = np.linspace(np.percentile(both, 0.5), np.percentile(both, 99.5), 60)
-            ax.hist(d[key], bins, density=True, alpha=0.6, color=run_colour(e, i), label="real order")
-            ax.hist(d[f"null_{key}"], bins, density=True, histtype="step", color="k", label="shuffled (one draw)")
-            ax.set_title(f"{e['run']}: {label}", fontsize=9)
-        row[0].legend(fontsize=7)
-    paths = [save(fig, Path(out) / "figures" / "sphere_distributions.png")]
+    paths = [real_vs_null_grid(entries, data, panels, Path(out) / "figures" / "sphere_distributions.png",
+                               low_percentile=0.5)]
     fig, ax = plt.subplots(figsize=(7, 3.6))
     for i, e in enumerate(entries):
         for j, n in enumerate(data[e["run"]]["norms"]):
@@ -136,7 +127,7 @@ def report_section(out: Path, entries: list[dict]) -> Section:
             "straighter than chance. The radial part ‖h‖ is reported beside it.",
         ],
         tables=[TableBlock("Sphere metrics", summary_rows(entries, HEADLINE)),
-                TableBlock("Conventions", [["convention", "value"], *([k, str(v)] for k, v in conv.items())])],
+                conventions_table(conv)],
         figures=[FigureBlock(Path(out) / "figures" / "sphere_distributions.png",
                              "Step angles, geodesic curvature and EL residuals, real order against one shuffle."),
                  FigureBlock(Path(out) / "figures" / "sphere_radius.png", "Norms ‖h‖ along the first paths of each run.")],

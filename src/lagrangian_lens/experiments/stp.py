@@ -14,9 +14,9 @@ import torch
 from ..mechanics.kinematics import random_spans, span_stp_loss, triplet_kinematics
 from ..mechanics.nulls import group_paths, permutation_test, permuted
 from .geometry import GeometryConfig, collect_paths, geometry_conventions
-from .plotting import plt, run_colour, save
+from .plotting import plt, real_vs_null_grid, run_colour, save
 from .runner import run_models
-from .section import FigureBlock, Section, TableBlock
+from .section import FigureBlock, Section, TableBlock, conventions_table
 from .tables import summary_rows
 
 HEADLINE = ("n_triplets", "identity_max_abs_error", "branch_cos_nonnegative", "branch_cos_negative",
@@ -91,17 +91,8 @@ def run_stp(cfg: StpConfig, *, progress: bool = True) -> list[dict]:
 
 def stp_figures(out: Path, entries: list[dict]) -> list[Path]:
     data = {e["run"]: np.load(Path(out) / e["run"] / "triplets.npz") for e in entries}
-    fig, axes = plt.subplots(len(entries), 2, figsize=(9, 2.6 * len(entries)), squeeze=False)
-    for row, (i, e) in zip(axes, enumerate(entries)):
-        d = data[e["run"]]
-        for ax, key, label in ((row[0], "a_parallel", "‖a∥‖"), (row[1], "a_perp", "‖a⊥‖")):
-            both = np.concatenate([d[key], d[f"null_{key}"]])
-            bins = np.linspace(0, np.percentile(both, 99.5), 60)
-            ax.hist(d[key], bins, density=True, alpha=0.6, color=run_colour(e, i), label="real order")
-            ax.hist(d[f"null_{key}"], bins, density=True, histtype="step", color="k", label="shuffled (one draw)")
-            ax.set_title(f"{e['run']}: {label}", fontsize=9)
-        row[0].legend(fontsize=7)
-    paths = [save(fig, Path(out) / "figures" / "stp_accelerations.png")]
+    paths = [real_vs_null_grid(entries, data, (("a_parallel", "‖a∥‖"), ("a_perp", "‖a⊥‖")),
+                               Path(out) / "figures" / "stp_accelerations.png")]
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     for i, e in enumerate(entries):
         d = data[e["run"]]
@@ -127,7 +118,7 @@ def report_section(out: Path, entries: list[dict]) -> Section:
             "the order within each path; z < 0 and a small p mean smoother than chance.",
         ],
         tables=[TableBlock("STP metrics", summary_rows(entries, HEADLINE)),
-                TableBlock("Conventions", [["convention", "value"], *([k, str(v)] for k, v in conv.items())])],
+                conventions_table(conv)],
         figures=[FigureBlock(Path(out) / "figures" / "stp_accelerations.png",
                              "Tangential and normal acceleration magnitudes, real order against one shuffle."),
                  FigureBlock(Path(out) / "figures" / "stp_identity.png",
