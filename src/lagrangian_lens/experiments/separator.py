@@ -176,9 +176,11 @@ def separator_figures(out: Path, results: dict) -> list[Path]:
     fig, ax = plt.subplots(figsize=(7.5, 4))
     colours = {"splm": "#2a9d8f", "gpt": "#e76f51", "pretrained": "#264653"}
     for name, r in results["models"].items():
-        layers = np.linspace(0, 1, len(r["fit"]["per_layer"]))
+        n = len(r["fit"]["per_layer"])
+        layers = (np.arange(n) + 0.5) / n  # fit layers at the centres of their depth bins
         ax.plot(layers, r["fit"]["per_layer"], "-o", ms=3, color=colours[name], label=f"{name}: shared V_ψ")
-        ax.plot(layers, r["velocity_only"]["per_layer"], "--", color=colours[name], alpha=0.6, label=f"{name}: velocity only")
+        ax.plot(layers, r["velocity_only"]["per_layer"], "--x", ms=4, color=colours[name], alpha=0.6,
+                label=f"{name}: velocity only")
     ax.set_xlabel("relative depth")
     ax.set_ylabel("test R² per layer")
     ax.legend(fontsize=7)
