@@ -9,7 +9,7 @@ STAMP := $(VENV)/.setup-done
 SHARED_DATA := $(abspath ../shared/data)
 export LAGRANGIAN_LENS_DATA ?= $(if $(wildcard $(SHARED_DATA)),$(SHARED_DATA),)
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test lint bench clean
 
 setup: $(STAMP)
 
@@ -27,6 +27,9 @@ demo: setup
 
 test: setup
 	$(BIN)/python -m pytest -q
+
+lint: setup
+	$(BIN)/ruff check src tests benchmarks examples
 
 bench: setup
 	$(BIN)/python benchmarks/bench_trajectories.py

@@ -11,7 +11,11 @@ import time
 import torch
 
 from lagrangian_lens.mechanics.depth_data import DepthData
-from lagrangian_lens.mechanics.potential_fit import LinearReferenceFit, SharedPotentialFit, VelocityOnlyFit
+from lagrangian_lens.mechanics.potential_fit import (
+    LinearReferenceFit,
+    SharedPotentialFit,
+    VelocityOnlyFit,
+)
 from lagrangian_lens.mechanics.symmetry import JacobianSymmetryTest
 
 

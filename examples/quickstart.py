@@ -2,7 +2,10 @@
 
 Run: python examples/quickstart.py   (about a minute on a laptop CPU)
 """
-from lagrangian_lens.experiments.energy_analysis import EnergyConventions, analyse_energy
+from lagrangian_lens.experiments.energy_analysis import (
+    EnergyConventions,
+    analyse_energy,
+)
 from lagrangian_lens.models import load_model
 from lagrangian_lens.trajectories import extract, generate, readout
 

@@ -7,8 +7,19 @@ import torch
 from torch.testing import assert_close
 
 from lagrangian_lens.errors import TrajectoryError
-from lagrangian_lens.mechanics import energy_metrics, energy_series, energy_table, velocities, zero_velocity
-from lagrangian_lens.mechanics.stats import bootstrap, cv_of_row_means, global_cv, mean_within_row_cv
+from lagrangian_lens.mechanics import (
+    energy_metrics,
+    energy_series,
+    energy_table,
+    velocities,
+    zero_velocity,
+)
+from lagrangian_lens.mechanics.stats import (
+    bootstrap,
+    cv_of_row_means,
+    global_cv,
+    mean_within_row_cv,
+)
 
 
 def line(T=20, d=8, speed=0.5, seed=0):

@@ -2,7 +2,11 @@
 import torch
 from torch.testing import assert_close
 
-from lagrangian_lens.mechanics import attractor_unique_tokens, log_el_residual, logprob_gradients
+from lagrangian_lens.mechanics import (
+    attractor_unique_tokens,
+    log_el_residual,
+    logprob_gradients,
+)
 
 
 def linear_readout(d=6, V=10, seed=0):

@@ -6,7 +6,12 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from lagrangian_lens.mechanics.kinematics import random_spans, span_stp_loss, stp_regulariser, triplet_kinematics
+from lagrangian_lens.mechanics.kinematics import (
+    random_spans,
+    span_stp_loss,
+    stp_regulariser,
+    triplet_kinematics,
+)
 from lagrangian_lens.mechanics.nulls import permutation_test
 from lagrangian_lens.mechanics.sphere import action, path_excess, sphere_kinematics
 

@@ -4,8 +4,13 @@ import pytest
 import torch
 
 from lagrangian_lens.mechanics.depth_data import DepthData
-from lagrangian_lens.mechanics.potential_fit import (KnownPotential, LinearReferenceFit, SharedPotentialFit,
-                                                     VelocityOnlyFit, profile_shape)
+from lagrangian_lens.mechanics.potential_fit import (
+    KnownPotential,
+    LinearReferenceFit,
+    SharedPotentialFit,
+    VelocityOnlyFit,
+    profile_shape,
+)
 from lagrangian_lens.mechanics.symmetry import JacobianSymmetryTest
 
 DT, GAMMA, MASS = 0.5, 0.4, 2.0
@@ -128,7 +133,10 @@ def test_depth_data_validates_and_splits_by_sequence():
 
 
 def test_helmholtz_augmentation_shrinks_on_a_conservative_system_and_not_on_a_curl():
-    from lagrangian_lens.experiments.potential import PotentialConfig, functional_form_menu
+    from lagrangian_lens.experiments.potential import (
+        PotentialConfig,
+        functional_form_menu,
+    )
 
     cfg = PotentialConfig(menu_k=6, max_epochs=150)
     norms = {}
@@ -144,7 +152,11 @@ def test_helmholtz_augmentation_shrinks_on_a_conservative_system_and_not_on_a_cu
 
 
 def test_token_axis_coordinates_skip_edges_and_fit_a_token_dynamics():
-    from lagrangian_lens.experiments.potential import PotentialConfig, analyse_token_axis, token_axis_data
+    from lagrangian_lens.experiments.potential import (
+        PotentialConfig,
+        analyse_token_axis,
+        token_axis_data,
+    )
 
     data = simulate(n_seq=20, n_tok=8, n_layers=12)
     # the simulated depth axis read as a token axis: layer index <-> position

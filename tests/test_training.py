@@ -6,13 +6,18 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 from lagrangian_lens.cli import main
 from lagrangian_lens.data.corpora import read_corpus
 from lagrangian_lens.errors import DataError
 from lagrangian_lens.models.causality import CausalityError
-from lagrangian_lens.training import TrainConfig, TrainingError, evaluate_checkpoint, train
+from lagrangian_lens.models.splm import SPLMConfig
+from lagrangian_lens.training import (
+    TrainConfig,
+    TrainingError,
+    evaluate_checkpoint,
+    train,
+)
 from lagrangian_lens.training import loop as loop_mod
 from lagrangian_lens.training.checkpoint import CheckpointError, read_meta
 
@@ -98,8 +103,7 @@ def test_changed_config_and_other_architecture_are_refused_on_resume(corpus, tmp
 def test_a_leaky_model_is_stopped_before_the_first_step(corpus, tmp_path, monkeypatch):
     from .test_causal_probe import FutureShift
 
-    monkeypatch.setattr(loop_mod, "build_model", lambda arch, config: FutureShift(__import__(
-        "lagrangian_lens.models.splm", fromlist=["SPLMConfig"]).SPLMConfig(**config)))
+    monkeypatch.setattr(loop_mod, "build_model", lambda arch, config: FutureShift(SPLMConfig(**config)))
     with pytest.raises(CausalityError, match="aborted before the first optimiser step"):
         train(TrainConfig(corpus=corpus, out=str(tmp_path / "leak"), **TINY), progress=False)
     assert not (tmp_path / "leak" / "checkpoint").exists()

@@ -4,8 +4,18 @@ import torch
 from torch.testing import assert_close
 
 from lagrangian_lens.errors import TrajectoryError, UnsupportedArchitectureError
-from lagrangian_lens.trajectories import (Decoding, Trajectory, count_hooks, expand_sites, extract, generate,
-                                          load_trajectories, readout, record_sites, save_trajectories)
+from lagrangian_lens.trajectories import (
+    Decoding,
+    Trajectory,
+    count_hooks,
+    expand_sites,
+    extract,
+    generate,
+    load_trajectories,
+    readout,
+    record_sites,
+    save_trajectories,
+)
 
 from .conftest import TEXTS, TINY_CONFIGS, tiny_model
 

@@ -7,9 +7,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..errors import LensError
 import numpy as np
 
+from ..errors import LensError
 from ..experiments import energy, separator, sphere, stp
 from ..experiments.energy import EnergyConfig, run_energy
 from ..experiments.separator import SeparatorConfig, run_separator

@@ -7,7 +7,14 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..mechanics import attractor_unique_tokens, energy_metrics, energy_series, energy_table, log_el_residual, logprob_gradients
+from ..mechanics import (
+    attractor_unique_tokens,
+    energy_metrics,
+    energy_series,
+    energy_table,
+    log_el_residual,
+    logprob_gradients,
+)
 from ..trajectories import Trajectory
 
 PPL_CHOICES = ("realized", "argmax")

@@ -8,8 +8,13 @@ import numpy as np
 import torch
 
 from ..mechanics.depth_data import DepthData, pca_basis, project
-from ..mechanics.potential_fit import (KnownPotential, LinearReferenceFit, SharedPotentialFit, VelocityOnlyFit,
-                                       profile_shape)
+from ..mechanics.potential_fit import (
+    KnownPotential,
+    LinearReferenceFit,
+    SharedPotentialFit,
+    VelocityOnlyFit,
+    profile_shape,
+)
 from ..mechanics.potential_forms import FORMS, ParametricPotential
 from ..mechanics.symmetry import JacobianSymmetryTest
 

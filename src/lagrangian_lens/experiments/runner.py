@@ -27,9 +27,9 @@ from tqdm.auto import tqdm
 from ..data import load_prompts
 from ..models import DEFAULT_MODEL, load_model
 from ..models.loading import RANDOM_PREFIX
+from ..provenance import environment, package_versions, read_json, write_json
 from ..trajectories import Decoding, extract, generate
 from ..trajectories.trajectory import MODES
-from ..provenance import environment, package_versions, read_json, write_json
 
 
 @dataclass

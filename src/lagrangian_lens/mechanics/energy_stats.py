@@ -19,8 +19,21 @@ from collections.abc import Sequence
 import numpy as np
 
 from .energy import EnergySeries
-from .stats import (Statistic, Table, bootstrap, cv_of_row_means, drift, global_cv, mean_within_row_cv,
-                    normalise_by_row_mean_exp, pad_rows, pooled_mean, pooled_median, pooled_var, steps_diff)
+from .stats import (
+    Statistic,
+    Table,
+    bootstrap,
+    cv_of_row_means,
+    drift,
+    global_cv,
+    mean_within_row_cv,
+    normalise_by_row_mean_exp,
+    pad_rows,
+    pooled_mean,
+    pooled_median,
+    pooled_var,
+    steps_diff,
+)
 
 ENERGY_SCALES = ("log", "linear")
 KV_RATIO_V_FLOOR = 1e-6

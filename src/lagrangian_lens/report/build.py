@@ -14,8 +14,8 @@ from ..experiments import sphere, stp
 from ..experiments.energy import HEADLINE, EnergyConfig, report_section, run_energy
 from ..experiments.geometry import paths_from_trajectories
 from ..experiments.separator import report_section as separator_section
-from ..provenance import read_json, write_json
 from ..experiments.tables import format_table, summary_rows
+from ..provenance import read_json, write_json
 from ..trajectories import load_trajectories
 from .html import provenance_section, write_report
 

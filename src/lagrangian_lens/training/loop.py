@@ -15,12 +15,18 @@ from tqdm.auto import tqdm
 
 from ..data.tokenizers import build_tokenizer, load_tokenizer
 from ..errors import LensError
-from ..provenance import environment, git_state, package_versions, write_json
 from ..models.causality import CausalityError, probe_model
 from ..models.gpt import n_params
 from ..models.loading import param_fingerprint
-from .checkpoint import (CHECKPOINT, CheckpointError, load_training_state, load_weights, read_meta,
-                         save_checkpoint)
+from ..provenance import environment, git_state, package_versions, write_json
+from .checkpoint import (
+    CHECKPOINT,
+    CheckpointError,
+    load_training_state,
+    load_weights,
+    read_meta,
+    save_checkpoint,
+)
 from .config import TrainConfig, build_model
 from .data import TokenSplit, corpus_text, split_text
 from .distributed import DistInfo, mean_across, setup, teardown
