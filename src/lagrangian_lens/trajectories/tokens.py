@@ -58,9 +58,11 @@ def token_stats(logits: torch.Tensor, targets: torch.Tensor, rows: int | None = 
     for b in range(B):
         for s in range(0, T, rows):
             z = logits[b, s:s + rows].float()  # (r, V)
-            lse = torch.logsumexp(z, dim=-1)
+            top = z.max(dim=-1, keepdim=True).values  # one pass each: max, exp, sum, Σ e·z
+            e = torch.exp(z - top)
+            total = e.sum(-1)
+            lse = top.squeeze(-1) + total.log()
             out[0, b, s:s + rows] = z.gather(-1, targets[b, s:s + rows, None]).squeeze(-1) - lse
-            out[1, b, s:s + rows] = z.max(-1).values - lse
-            p = torch.softmax(z, dim=-1)
-            out[2, b, s:s + rows] = lse - torch.linalg.vecdot(p, z)
+            out[1, b, s:s + rows] = top.squeeze(-1) - lse
+            out[2, b, s:s + rows] = lse - torch.linalg.vecdot(e, z) / total
     return out[0], out[1], out[2]
