@@ -22,7 +22,7 @@ from .energy import EnergySeries
 from .stats import (
     Statistic,
     Table,
-    bootstrap,
+    bootstrap_many,
     cv_of_row_means,
     drift,
     global_cv,
@@ -47,6 +47,10 @@ def energy_table(series: Sequence[EnergySeries], **extra_rows: Sequence[np.ndarr
         "V": pad_rows([s.log_ppl for s in series], valid),
     }
     table["H"] = table["K"] + table["V"]
+    # Row-wise derived columns, computed once: bootstrap resamples whole rows, so they resample with them.
+    table["dH"] = steps_diff(table["H"])
+    table["E_norm"] = normalise_by_row_mean_exp(table["H"])
+    table["dE_norm"] = steps_diff(table["E_norm"])
     for name, rows in extra_rows.items():
         table[name] = pad_rows(rows)
     return table
@@ -62,7 +66,6 @@ def energy_statistics(scale: str = "log", columns: Sequence[str] = ("K", "V", "H
     if scale not in ENERGY_SCALES:
         raise ValueError(f"energy scale {scale!r} not in {ENERGY_SCALES}")
     x = (lambda t: t["H"]) if scale == "log" else (lambda t: np.exp(t["H"]))
-    e_norm = lambda t: normalise_by_row_mean_exp(t["H"])  # noqa: E731
     stats: dict[str, Statistic] = {
         "global_cv": lambda t: global_cv(x(t)),
         "avg_trajectory_cv": lambda t: mean_within_row_cv(x(t)),
@@ -72,12 +75,12 @@ def energy_statistics(scale: str = "log", columns: Sequence[str] = ("K", "V", "H
         "mean_log_ppl": lambda t: pooled_mean(t["V"]),
         "kv_ratio_of_means": lambda t: pooled_mean(t["K"]) / pooled_mean(t["V"]),
         "mean_kv_ratio": _kv_ratio,
-        "mean_delta_h": lambda t: pooled_mean(steps_diff(t["H"])),
-        "mean_abs_delta_h": lambda t: pooled_mean(np.abs(steps_diff(t["H"]))),
-        "drift_h": lambda t: drift(steps_diff(t["H"])),
-        "mean_delta_e_norm": lambda t: pooled_mean(steps_diff(e_norm(t))),
-        "mean_abs_delta_e_norm": lambda t: pooled_mean(np.abs(steps_diff(e_norm(t)))),
-        "drift_e_norm": lambda t: drift(steps_diff(e_norm(t))),
+        "mean_delta_h": lambda t: pooled_mean(t["dH"]),
+        "mean_abs_delta_h": lambda t: pooled_mean(np.abs(t["dH"])),
+        "drift_h": lambda t: drift(t["dH"]),
+        "mean_delta_e_norm": lambda t: pooled_mean(t["dE_norm"]),
+        "mean_abs_delta_e_norm": lambda t: pooled_mean(np.abs(t["dE_norm"])),
+        "drift_e_norm": lambda t: drift(t["dE_norm"]),
     }
     per_column = {
         "entropy": {"mean_entropy": lambda t: pooled_mean(t["entropy"]),
@@ -96,7 +99,8 @@ def energy_metrics(table: Table, *, scale: str = "log", n_boot: int = 1000, ci: 
     """Every metric the table supports, each ``{"value", "ci_low", "ci_high"}``, plus plain counts."""
     present = [c for c, v in table.items() if np.isfinite(v).any()]
     stats = energy_statistics(scale, present)
-    metrics = {name: bootstrap(fn, table, n_boot=n_boot, ci=ci, seed=seed).to_dict() for name, fn in stats.items()}
+    metrics = {name: est.to_dict() for name, est in
+               bootstrap_many(stats, table, n_boot=n_boot, ci=ci, seed=seed).items()}
     if "attractor" in table:
         a = table["attractor"][np.isfinite(table["attractor"])]
         metrics["attractor_unique_tokens_sem"] = float(a.std(ddof=1) / np.sqrt(a.size)) if a.size > 1 else 0.0

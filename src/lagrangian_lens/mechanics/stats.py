@@ -108,22 +108,35 @@ class Estimate:
         return {"value": self.value, "ci_low": self.low, "ci_high": self.high}
 
 
-def bootstrap(statistic: Statistic, table: Table, *, n_boot: int = 1000, ci: float = 0.95, seed: int = 0,
-              chunk: int = 100) -> Estimate:
-    """Percentile bootstrap of ``statistic`` resampling whole trajectories (rows) with replacement."""
-    value = float(statistic(table))
+def bootstrap_many(statistics: dict[str, Statistic], table: Table, *, n_boot: int = 1000, ci: float = 0.95,
+                   seed: int = 0, chunk: int = 100) -> dict[str, Estimate]:
+    """Percentile bootstrap of several statistics on the SAME resamples of whole trajectories (rows).
+
+    Each resample chunk copies the table once and every statistic reads it, so the cost is one gather plus
+    one reduction per statistic; derived row-wise columns belong in the table before resampling.
+    """
+    values = {name: float(fn(table)) for name, fn in statistics.items()}
     n_rows = len(next(iter(table.values())))
     if n_boot <= 0 or n_rows < 2:
-        return Estimate(value, value, value)
+        return {name: Estimate(v, v, v) for name, v in values.items()}
     rng = np.random.default_rng(seed)
-    samples = []
+    samples: dict[str, list[np.ndarray]] = {name: [] for name in statistics}
     for s in range(0, n_boot, chunk):
         idx = rng.integers(0, n_rows, size=(min(chunk, n_boot - s), n_rows))
-        samples.append(np.asarray(statistic({k: v[idx] for k, v in table.items()})))
-    samples = np.concatenate(samples)
-    samples = samples[np.isfinite(samples)]
-    if samples.size == 0:
-        return Estimate(value, value, value)
+        resampled = {k: v[idx] for k, v in table.items()}
+        for name, fn in statistics.items():
+            samples[name].append(np.asarray(fn(resampled)))
     tail = (1 - ci) / 2 * 100
-    low, high = np.percentile(samples, [tail, 100 - tail])
-    return Estimate(value, float(low), float(high))
+    out = {}
+    for name, parts in samples.items():
+        draws = np.concatenate(parts)
+        draws = draws[np.isfinite(draws)]
+        low, high = np.percentile(draws, [tail, 100 - tail]) if draws.size else (values[name], values[name])
+        out[name] = Estimate(values[name], float(low), float(high))
+    return out
+
+
+def bootstrap(statistic: Statistic, table: Table, *, n_boot: int = 1000, ci: float = 0.95, seed: int = 0,
+              chunk: int = 100) -> Estimate:
+    """Percentile bootstrap of one statistic, resampling whole trajectories (rows) with replacement."""
+    return bootstrap_many({"s": statistic}, table, n_boot=n_boot, ci=ci, seed=seed, chunk=chunk)["s"]
