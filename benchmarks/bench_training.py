@@ -14,8 +14,8 @@ import time
 
 import torch
 
-from lagrangian_lens.models.gpt import GPT, n_params
-from lagrangian_lens.models.splm import SPLM
+from lagrangian_lens.models.own.gpt import GPT, n_params
+from lagrangian_lens.models.own.splm import SPLM
 from lagrangian_lens.training.config import TrainConfig
 from lagrangian_lens.training.loop import make_optimizer
 

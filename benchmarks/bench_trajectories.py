@@ -22,7 +22,7 @@ from lagrangian_lens.data import load_prompts
 from lagrangian_lens.errors import DataError
 from lagrangian_lens.mechanics import energy_metrics, energy_series, energy_table
 from lagrangian_lens.models import load_model
-from lagrangian_lens.models.loading import resolve_device
+from lagrangian_lens.models.pretrained.loading import resolve_device
 from lagrangian_lens.trajectories import extract, generate
 
 

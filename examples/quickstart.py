@@ -2,7 +2,7 @@
 
 Run: python examples/quickstart.py   (about a minute on a laptop CPU)
 """
-from lagrangian_lens.experiments.energy_analysis import (
+from lagrangian_lens.analysis.energy import (
     EnergyConventions,
     analyse_energy,
 )

@@ -9,7 +9,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from lagrangian_lens.models import default_tokenizer
-from lagrangian_lens.models.loading import _finish_tokenizer
+from lagrangian_lens.models.pretrained.loading import _finish_tokenizer
 
 # `make test` points LAGRANGIAN_LENS_DATA at ../shared/data; a bare `pytest` in a checkout does the same.
 _SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"

@@ -2,9 +2,9 @@
 import pytest
 import torch
 
-from lagrangian_lens.models.causality import probe_causality, probe_model
-from lagrangian_lens.models.gpt import GPT, GPTConfig
-from lagrangian_lens.models.splm import SPLM, SPLMConfig
+from lagrangian_lens.models.own.causality import probe_causality, probe_model
+from lagrangian_lens.models.own.gpt import GPT, GPTConfig
+from lagrangian_lens.models.own.splm import SPLM, SPLMConfig
 
 from .conftest import tiny_model
 

@@ -6,12 +6,12 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from lagrangian_lens.experiments.energy_analysis import (
+from lagrangian_lens.analysis.energy import (
     EnergyConventions,
     analyse_energy,
 )
 from lagrangian_lens.models import load_model
-from lagrangian_lens.models.gguf import cached_copy_dir
+from lagrangian_lens.models.pretrained.gguf import cached_copy_dir
 from lagrangian_lens.trajectories import count_hooks, extract, generate, readout
 
 from .conftest import TEXTS

@@ -5,9 +5,9 @@ from torch.testing import assert_close
 
 from lagrangian_lens.errors import ModelSpecError
 from lagrangian_lens.models import ALIASES, load_model
-from lagrangian_lens.models.architectures_zoo import PAPER_CONFIGS
-from lagrangian_lens.models.loading import param_fingerprint
-from lagrangian_lens.models.random_init import build_random, shuffle_weights
+from lagrangian_lens.models.pretrained.architectures_zoo import PAPER_CONFIGS
+from lagrangian_lens.models.pretrained.loading import param_fingerprint
+from lagrangian_lens.models.pretrained.random_init import build_random, shuffle_weights
 
 from .conftest import tiny_config, tiny_model
 

@@ -133,7 +133,7 @@ def test_depth_data_validates_and_splits_by_sequence():
 
 
 def test_helmholtz_augmentation_shrinks_on_a_conservative_system_and_not_on_a_curl():
-    from lagrangian_lens.experiments.potential import (
+    from lagrangian_lens.analysis.potential import (
         PotentialConfig,
         functional_form_menu,
     )
@@ -152,7 +152,7 @@ def test_helmholtz_augmentation_shrinks_on_a_conservative_system_and_not_on_a_cu
 
 
 def test_token_axis_coordinates_skip_edges_and_fit_a_token_dynamics():
-    from lagrangian_lens.experiments.potential import (
+    from lagrangian_lens.analysis.potential import (
         PotentialConfig,
         analyse_token_axis,
         token_axis_data,

@@ -6,8 +6,8 @@ import torch
 from torch import nn
 from torch.testing import assert_close
 
-from lagrangian_lens.models.gpt import GPT, matched_gpt_config, n_params
-from lagrangian_lens.models.splm import SPLM, ScalarPotential, SPLMConfig
+from lagrangian_lens.models.own.gpt import GPT, matched_gpt_config, n_params
+from lagrangian_lens.models.own.splm import SPLM, ScalarPotential, SPLMConfig
 
 
 class Harmonic(nn.Module):
@@ -111,7 +111,7 @@ def test_sequence_longer_than_the_block_is_refused():
 
 
 def test_inverse_softplus_roundtrip():
-    from lagrangian_lens.models.splm import inv_softplus
+    from lagrangian_lens.models.own.splm import inv_softplus
 
     for y in (1e-3, 0.5, 3.0):
         assert math.log1p(math.exp(inv_softplus(y))) == pytest.approx(y)
@@ -119,9 +119,9 @@ def test_inverse_softplus_roundtrip():
 
 @pytest.mark.parametrize("arch", ["splm", "gpt"])
 def test_own_models_give_depth_trajectories_that_the_mechanics_accept(arch):
-    from lagrangian_lens.experiments.geometry import paths_from_trajectories
-    from lagrangian_lens.experiments.stp import analyse_stp
-    from lagrangian_lens.models.gpt import GPTConfig
+    from lagrangian_lens.analysis.geometry import paths_from_trajectories
+    from lagrangian_lens.analysis.stp import analyse_stp
+    from lagrangian_lens.models.own.gpt import GPTConfig
     from lagrangian_lens.trajectories.own import own_model_trajectories
 
     torch.manual_seed(0)

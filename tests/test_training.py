@@ -9,9 +9,8 @@ import pytest
 
 from lagrangian_lens.cli import main
 from lagrangian_lens.data.corpora import read_corpus
-from lagrangian_lens.errors import DataError
-from lagrangian_lens.models.causality import CausalityError
-from lagrangian_lens.models.splm import SPLMConfig
+from lagrangian_lens.errors import CausalityError, CheckpointError, DataError
+from lagrangian_lens.models.own.splm import SPLMConfig
 from lagrangian_lens.training import (
     TrainConfig,
     TrainingError,
@@ -19,7 +18,7 @@ from lagrangian_lens.training import (
     train,
 )
 from lagrangian_lens.training import loop as loop_mod
-from lagrangian_lens.training.checkpoint import CheckpointError, read_meta
+from lagrangian_lens.training.checkpoint import read_meta
 
 TINY = dict(d_model=32, n_steps=2, v_hidden=64, block_size=32, batch_size=16, eval_batches=4, warmup_steps=5,
             device="cpu", lr=3e-3)

@@ -16,7 +16,7 @@ from ..experiments.separator import SeparatorConfig, run_separator
 from ..experiments.sphere import SphereConfig, run_sphere
 from ..experiments.stp import StpConfig, run_stp
 from ..experiments.tables import format_table, summary_rows
-from ..models.registry import ALIASES
+from ..models.pretrained.registry import ALIASES
 from ..report import ReportConfig, make_report
 from .args import add_dataclass_arguments, dataclass_from_args
 from .training import add_training_commands

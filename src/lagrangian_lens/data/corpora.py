@@ -55,7 +55,7 @@ CORPORA: dict[str, Corpus] = {
 
 
 def download_dir() -> Path:
-    from ..models.gguf import cache_root
+    from ..models.pretrained.gguf import cache_root
 
     return cache_root() / "data"
 

@@ -107,7 +107,7 @@ def build_tokenizer(spec: str, text: str):
         if size < 257:
             raise DataError(f"bpe vocab size {size} is too small: byte-level BPE starts from 256 byte tokens")
         return BPETokenizer.train(text, size)
-    from ..models.loading import tokenizer_for
+    from ..models.pretrained.loading import tokenizer_for
 
     tokenizer, source = tokenizer_for(spec, spec)
     return PretrainedTokenizer(tokenizer, source)

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ..analysis.energy import EnergyAnalysis, EnergyConventions, analyse_energy
 from ..mechanics.stats import normalise_by_row_mean_exp, steps_diff
 from ..trajectories import readout, save_trajectories
-from .energy_analysis import EnergyAnalysis, EnergyConventions, analyse_energy
 from .energy_figures import energy_figures
 from .runner import RunConfig, collect_trajectories, run_models
 from .section import FigureBlock, Section, TableBlock, conventions_table

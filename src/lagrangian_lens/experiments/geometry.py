@@ -11,12 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-
-from ..trajectories import Trajectory
+from ..analysis.geometry import AXES, paths_from_trajectories
 from .runner import RunConfig, collect_trajectories
-
-AXES = ("token", "depth")
 
 
 @dataclass
@@ -40,24 +36,6 @@ class GeometryConfig(RunConfig):
             raise ValueError(f"axis must be one of {AXES}, got {self.axis!r}")
         if self.skip_positions < 0:
             raise ValueError(f"skip_positions must be >= 0, got {self.skip_positions}")
-
-
-def paths_from_trajectories(trajectories: list[Trajectory], axis: str, site: str, skip: int) -> list[torch.Tensor]:
-    """The paths (n_points, d) of ``axis``; generated trajectories contribute their continuation only."""
-    paths = []
-    for tr in trajectories:
-        first = max(skip, tr.continuation.start if tr.mode == "generated" else 0)
-        if axis == "token":
-            path = tr.at(site)[first:]
-            if path.shape[0] >= 3:
-                paths.append(path)
-        else:
-            rows = [i for i, name in enumerate(tr.sites) if name == "embed" or name.startswith("block.")]
-            paths += list(tr.states[rows, first:].transpose(0, 1))  # (positions, depth, d): one path per token
-    if not paths:
-        raise ValueError(f"no {axis}-axis path has the 3 points a triplet needs: use longer texts or fewer "
-                         f"--skip-positions (now {skip})")
-    return paths
 
 
 def collect_paths(cfg: GeometryConfig, loaded, prompts: list[str], progress: bool = False):

@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from ..data import load_prompts
 from ..models import DEFAULT_MODEL, load_model
-from ..models.loading import RANDOM_PREFIX
+from ..models.pretrained.loading import RANDOM_PREFIX
 from ..provenance import environment, package_versions, read_json, write_json
 from ..trajectories import Decoding, extract, generate
 from ..trajectories.trajectory import MODES

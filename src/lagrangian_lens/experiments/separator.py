@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from ..analysis.potential import PotentialConfig, analyse_potential, analyse_token_axis, oracle
 from ..data.corpora import read_corpus
 from ..mechanics.depth_data import DepthData
 from ..models import DEFAULT_MODEL, load_model
@@ -26,7 +27,6 @@ from ..training import TrainConfig, load_checkpoint, train
 from ..trajectories import extract
 from ..trajectories.own import own_model_trajectories
 from .plotting import plt, save
-from .potential import PotentialConfig, analyse_potential, analyse_token_axis, oracle
 from .section import FigureBlock, Section, TableBlock
 
 

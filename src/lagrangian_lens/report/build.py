@@ -12,7 +12,7 @@ import numpy as np
 
 from ..experiments import sphere, stp
 from ..experiments.energy import HEADLINE, EnergyConfig, report_section, run_energy
-from ..experiments.geometry import paths_from_trajectories
+from ..analysis.geometry import paths_from_trajectories
 from ..experiments.separator import report_section as separator_section
 from ..experiments.tables import format_table, summary_rows
 from ..provenance import read_json, write_json

@@ -14,13 +14,10 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from ..errors import LensError
+from ..errors import CheckpointError
 
 CHECKPOINT = "checkpoint"
 
-
-class CheckpointError(LensError, ValueError):
-    """A checkpoint that is missing, of another architecture, or made with other settings."""
 
 
 def save_checkpoint(run_dir: Path, model, optimizer, rng: dict, meta: dict) -> Path:

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import torch
 
-from ..models.gpt import GPT, GPTConfig, matched_gpt_config, n_params
-from ..models.splm import SPLM, SPLMConfig
+from ..models.own.gpt import GPT, GPTConfig, matched_gpt_config, n_params
+from ..models.own.splm import SPLM, SPLMConfig
 
 ARCHS = ("splm", "gpt")
 

@@ -14,14 +14,13 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from ..data.tokenizers import build_tokenizer, load_tokenizer
-from ..errors import LensError
-from ..models.causality import CausalityError, probe_model
-from ..models.gpt import n_params
-from ..models.loading import param_fingerprint
+from ..errors import CausalityError, CheckpointError, TrainingError
+from ..models.own.causality import probe_model
+from ..models.own.gpt import n_params
+from ..models.pretrained.loading import param_fingerprint
 from ..provenance import environment, git_state, package_versions, write_json
 from .checkpoint import (
     CHECKPOINT,
-    CheckpointError,
     load_training_state,
     load_weights,
     read_meta,
@@ -34,9 +33,6 @@ from .distributed import DistInfo, mean_across, setup, teardown
 # Settings that may differ between a run and its resume; any other change is refused unless forced.
 RESUMABLE_CHANGES = frozenset({"max_steps", "eval_every", "checkpoint_every", "device", "tensorboard", "out"})
 
-
-class TrainingError(LensError, RuntimeError):
-    """Training stopped: a non-finite loss, or a failed precondition."""
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:

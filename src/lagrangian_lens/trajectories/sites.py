@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator, Sequence
 import torch
 from torch import nn
 
-from ..models.architectures import blocks, final_norm, logit_softcap, unembedding
+from ..models.pretrained.architectures import blocks, final_norm, logit_softcap, unembedding
 
 FINAL, EMBED, ALL = "final", "embed", "all"
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from ..errors import UnsupportedArchitectureError
+from ...errors import UnsupportedArchitectureError
 
 
 @dataclass(frozen=True)
@@ -50,7 +50,7 @@ def arch_for(model: nn.Module) -> ArchSpec:
         raise UnsupportedArchitectureError(
             f"model_type {model_type!r} ({type(model).__name__}) is not in the architecture table.\n"
             f"Supported: {', '.join(supported_model_types())}.\n"
-            "Fix: add a row to lagrangian_lens.models.architectures.ARCHITECTURES naming its block list, "
+            "Fix: add a row to lagrangian_lens.models.pretrained.architectures.ARCHITECTURES naming its block list, "
             "final norm and unembedding (the site 'final' works on any model through output_hidden_states)."
         )
     return ARCHITECTURES[model_type]

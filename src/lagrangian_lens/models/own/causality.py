@@ -14,12 +14,6 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..errors import LensError
-
-
-class CausalityError(LensError, RuntimeError):
-    """A model failed the causal-violation probe."""
-
 
 @dataclass
 class ProbeResult:

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..errors import ModelSpecError
+from ...errors import ModelSpecError
 from .gguf import load_gguf, sha256_file
 from .random_init import INIT_SCHEMES, build_random
 from .registry import ALIASES, DEFAULT_MODEL, known_specs_help

@@ -12,7 +12,7 @@ import os
 import shutil
 from pathlib import Path
 
-from ..errors import ModelSpecError
+from ...errors import ModelSpecError
 
 GGUF_MAGIC = b"GGUF"
 

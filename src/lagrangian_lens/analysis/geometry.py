@@ -1,0 +1,37 @@
+"""Paths for the geometry analyses (STP kinematics, hypersphere): along tokens at a site, or along depth.
+
+* ``token`` axis: one path per sequence, h_t at the site for t = skip .. T-1 (generated: the continuation).
+* ``depth`` axis: one path per token, h_l for l = embed, block.0, ..., block.L-1 (the raw residual stream;
+  a ``final`` site, after the final norm, lives in another space and is left out).
+
+The first ``skip_positions`` positions are dropped by default: position 0 often holds an attention-sink
+state whose norm dwarfs the rest, and one outlier would dominate every mean.
+"""
+from __future__ import annotations
+
+import torch
+
+from ..errors import TrajectoryError
+from ..trajectories import Trajectory
+
+AXES = ("token", "depth")
+
+
+def paths_from_trajectories(trajectories: list[Trajectory], axis: str, site: str | None, skip: int) -> list[torch.Tensor]:
+    """The paths (n_points, d) of ``axis``; generated trajectories contribute their continuation only."""
+    if axis not in AXES:
+        raise TrajectoryError(f"axis must be one of {AXES}, got {axis!r}")
+    paths = []
+    for tr in trajectories:
+        first = max(skip, tr.continuation.start if tr.mode == "generated" else 0)
+        if axis == "token":
+            path = tr.at(str(site))[first:]
+            if path.shape[0] >= 3:
+                paths.append(path)
+        else:
+            rows = [i for i, name in enumerate(tr.sites) if name == "embed" or name.startswith("block.")]
+            paths += list(tr.states[rows, first:].transpose(0, 1))  # (positions, depth, d): one path per token
+    if not paths:
+        raise TrajectoryError(f"no {axis}-axis path has the 3 points a triplet needs: use longer texts or skip "
+                              f"fewer positions (skip_positions is {skip})")
+    return paths
