@@ -1,7 +1,10 @@
 """Command-line options generated from typed config dataclasses.
 
 Each field's attribute docstring (the string literal under it) is its help text, so the config class is the
-single place where an option is declared, typed, defaulted and documented.
+single place where an option is declared, typed, defaulted and documented. A field whose type is itself a
+config dataclass contributes its own fields (composed configs flatten into one option list; names are unique
+across the tree). Options carry no argparse default: an option the user did not give is absent, so
+``given_options`` knows exactly what was typed, and a value equal to the default still counts as given.
 """
 from __future__ import annotations
 
@@ -32,34 +35,96 @@ def _own_field_docs(cls) -> dict[str, str]:
     return docs
 
 
-def _option(name: str) -> str:
-    return "--" + name.replace("_", "-")
+def option_name(field: str, rename: dict[str, str] | None = None) -> str:
+    """The flag of a config field: ``new_tokens`` -> ``--new-tokens`` (or its entry in ``rename``)."""
+    return (rename or {}).get(field, "--" + field.replace("_", "-"))
 
 
-def add_dataclass_arguments(parser: argparse.ArgumentParser, cls, *, rename: dict[str, str] | None = None) -> None:
-    """One option per field: bools become --flag/--no-flag, list[str] repeatable, X | None optional."""
-    docs, hints, rename = field_docs(cls), typing.get_type_hints(cls), rename or {}
+def _default(f: dataclasses.Field, instance=None):
+    if instance is not None:
+        return getattr(instance, f.name)
+    return f.default if f.default is not dataclasses.MISSING else f.default_factory()
+
+
+def _choices(hint) -> tuple | None:
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) is typing.Literal:
+        return args
+    return None
+
+
+def add_dataclass_arguments(parser: argparse.ArgumentParser, cls, *, rename: dict[str, str] | None = None,
+                            instance=None, skip: frozenset[str] = frozenset()) -> None:
+    """One option per leaf field: bools become --flag/--no-flag, list[X] repeatable, X | None optional.
+
+    ``instance`` supplies the defaults shown in the help (a composed config's own defaults for its parts).
+    """
+    docs, hints = field_docs(cls), typing.get_type_hints(cls)
+    instance = instance if instance is not None else cls()
     for f in dataclasses.fields(cls):
-        hint = hints[f.name]
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        kwargs = {"dest": f.name, "help": f"{docs.get(f.name, '')} (default: {default})"}
-        option = rename.get(f.name, _option(f.name))
+        if f.name in skip or not f.init:
+            continue
+        hint, default = hints[f.name], _default(f, instance)
+        if dataclasses.is_dataclass(hint) or dataclasses.is_dataclass(default):
+            add_dataclass_arguments(parser, type(default), rename=rename, instance=default, skip=skip)
+            continue
+        choices = getattr(cls, "CHOICES", {}).get(f.name)
+        help_text = docs.get(f.name, "")
+        if choices:
+            help_text += f" One of: {', '.join(map(str, choices))}."
+        kwargs = {"dest": f.name, "default": None, "help": f"{help_text} (default: {default})"}
+        option = option_name(f.name, rename)
         args = typing.get_args(hint)
         if hint is bool:
-            parser.add_argument(option, action=argparse.BooleanOptionalAction, default=default, **kwargs)
+            parser.add_argument(option, action=argparse.BooleanOptionalAction, **kwargs)
         elif typing.get_origin(hint) is list:
-            parser.add_argument(option, action="append", type=args[0], default=None, metavar="SPEC", **kwargs)
+            parser.add_argument(option, action="append", type=args[0], metavar=args[0].__name__.upper(), **kwargs)
         else:
             base = next((a for a in args if a is not type(None)), hint)
-            parser.add_argument(option, type=base, default=default, **kwargs)
+            base = str if base is typing.Any or not callable(base) else base
+            parser.add_argument(option, type=base, metavar=f.name.upper(), **kwargs)
+
+
+def given_options(cls, namespace: argparse.Namespace, instance=None) -> dict:
+    """The leaf fields of ``cls`` (and its parts) that were given on the command line: {name: value}."""
+    given, instance = {}, instance if instance is not None else cls()
+    for f in dataclasses.fields(cls):
+        default = getattr(instance, f.name, None)
+        if dataclasses.is_dataclass(default):
+            given.update(given_options(type(default), namespace, default))
+        elif getattr(namespace, f.name, None) is not None:
+            given[f.name] = getattr(namespace, f.name)
+    return given
+
+
+def build_config(cls, values: dict, instance=None):
+    """``cls`` with the leaf values in ``values`` (flat, by field name) applied over its defaults, recursively.
+
+    Validation runs in each part's ``__post_init__``, so a bad value fails here, before any work.
+    """
+    instance = instance if instance is not None else cls()
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if not f.init:
+            continue
+        current = getattr(instance, f.name)
+        if dataclasses.is_dataclass(current):
+            kwargs[f.name] = build_config(type(current), values, current)
+        else:
+            kwargs[f.name] = values.get(f.name, current)
+    return cls(**kwargs)
 
 
 def dataclass_from_args(cls, namespace: argparse.Namespace):
-    """Build ``cls`` from parsed options; repeatable options that were not given keep their default."""
-    values = {}
+    """Build ``cls`` from parsed options: the given ones over the config's own defaults."""
+    return build_config(cls, given_options(cls, namespace))
+
+
+def leaf_fields(cls, instance=None) -> list[str]:
+    """Every leaf field name of a (composed) config, in declaration order."""
+    instance = instance if instance is not None else cls()
+    names = []
     for f in dataclasses.fields(cls):
-        value = getattr(namespace, f.name)
-        if value is None and f.default_factory is not dataclasses.MISSING:
-            continue
-        values[f.name] = value
-    return cls(**values)
+        value = getattr(instance, f.name)
+        names += leaf_fields(type(value), value) if dataclasses.is_dataclass(value) else [f.name]
+    return names

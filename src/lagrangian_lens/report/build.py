@@ -10,9 +10,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ..analysis.geometry import paths_from_trajectories
 from ..experiments import sphere, stp
 from ..experiments.energy import HEADLINE, EnergyConfig, report_section, run_energy
-from ..analysis.geometry import paths_from_trajectories
 from ..experiments.separator import report_section as separator_section
 from ..experiments.tables import format_table, summary_rows
 from ..provenance import read_json, write_json

@@ -12,38 +12,96 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from ..errors import TrajectoryError
 from ..models.pretrained.architectures import blocks, final_norm, logit_softcap, unembedding
 
 FINAL, EMBED, ALL = "final", "embed", "all"
+BLOCK = "block"
+
+
+@dataclass(frozen=True)
+class Site:
+    """A canonical site: ``final``, ``embed`` or ``block.<l>``.
+
+    ``Site.parse(text)`` checks the syntax only (a negative block index stays negative), so a config can
+    validate it before any model loads; ``Site.parse(text, n_blocks)`` or ``site.resolve(n_blocks)`` checks
+    the range and turns ``block.-1`` into ``block.<n_blocks-1>``. ``str(site)`` is the canonical name that
+    trajectories and results record.
+    """
+
+    kind: str  # 'final', 'embed' or 'block'
+    index: int | None = None  # the block index for kind 'block' (negative until resolved), else None
+
+    def __post_init__(self):
+        if self.kind not in (FINAL, EMBED, BLOCK):
+            raise TrajectoryError(f"site kind must be final, embed or block; got {self.kind!r}")
+        if (self.kind == BLOCK) != (self.index is not None):
+            raise TrajectoryError(f"site {self.kind!r} with index {self.index!r}: only a block site has an index")
+
+    @classmethod
+    def parse(cls, text: str | Site, n_blocks: int | None = None) -> Site:
+        if isinstance(text, Site):
+            site = text
+        elif text in (FINAL, EMBED):
+            site = cls(text)
+        elif isinstance(text, str) and text.startswith(BLOCK + "."):
+            try:
+                site = cls(BLOCK, int(text.removeprefix(BLOCK + ".")))
+            except ValueError:
+                raise TrajectoryError(f"bad site {text!r}: the block index must be an integer, e.g. 'block.3' "
+                                      "or 'block.-1'") from None
+        else:
+            raise TrajectoryError(f"unknown site {text!r}; use 'final', 'embed' or 'block.<l>' (l may be negative)")
+        return site if n_blocks is None else site.resolve(n_blocks)
+
+    def resolve(self, n_blocks: int) -> Site:
+        """The same site with its block index checked against ``n_blocks`` and made non-negative."""
+        if self.kind != BLOCK:
+            return self
+        if not -n_blocks <= self.index < n_blocks:
+            raise TrajectoryError(f"site {self} out of range: the model has {n_blocks} blocks "
+                                  f"(block.0..block.{n_blocks - 1}, or block.-1 for the last)")
+        return Site(BLOCK, self.index % n_blocks)
+
+    @property
+    def is_depth(self) -> bool:
+        """True for sites on the raw residual stream (embed, block.<l>); final comes after the final norm."""
+        return self.kind != FINAL
+
+    @property
+    def block_index(self) -> int | None:
+        return self.index
+
+    def __str__(self) -> str:
+        return f"{BLOCK}.{self.index}" if self.kind == BLOCK else self.kind
+
+
+def check_sites(sites: str | Sequence[str]) -> None:
+    """Syntax check of a site list (``all`` included) without a model; raises TrajectoryError."""
+    for site in ([s for s in sites.split(",") if s] if isinstance(sites, str) else sites):
+        if site != ALL:
+            Site.parse(site)
 
 
 def expand_sites(model: nn.Module, sites: str | Sequence[str]) -> tuple[str, ...]:
     """Canonical site names: ``all`` expanded, negative block indices resolved, range checked."""
-    if isinstance(sites, str):
-        sites = [s for s in sites.split(",") if s]
-    n_blocks = len(blocks(model))
+    if isinstance(sites, (str, Site)):
+        sites = [s for s in str(sites).split(",") if s]
+    needs_blocks = any(str(s) != FINAL for s in sites)
+    n_blocks = len(blocks(model)) if needs_blocks else 0
     out: list[str] = []
     for site in sites:
-        if site == ALL:
+        if str(site) == ALL:
             out += [EMBED, *(f"block.{l}" for l in range(n_blocks))]
-        elif site in (FINAL, EMBED):
-            out.append(site)
-        elif site.startswith("block."):
-            try:
-                layer = int(site.removeprefix("block."))
-            except ValueError:
-                raise ValueError(f"bad site {site!r}: the block index must be an integer, e.g. 'block.3'") from None
-            if not -n_blocks <= layer < n_blocks:
-                raise ValueError(f"site {site!r} out of range: the model has {n_blocks} blocks (block.0..block.{n_blocks - 1})")
-            out.append(f"block.{layer % n_blocks}")
         else:
-            raise ValueError(f"unknown site {site!r}; use 'final', 'embed', 'block.<l>' or 'all'")
+            out.append(str(Site.parse(site, n_blocks if needs_blocks else None)))
     if not out:
-        raise ValueError("no sites given; use e.g. 'final' or 'all'")
+        raise TrajectoryError("no sites given; use e.g. 'final' or 'all'")
     return tuple(dict.fromkeys(out))
 
 
