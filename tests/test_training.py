@@ -93,7 +93,7 @@ def test_changed_config_and_other_architecture_are_refused_on_resume(corpus, tmp
     with pytest.raises(CheckpointError, match=r"changed config: lr: 0.003 -> 0.01"):
         train(TrainConfig(**{**cfg.__dict__, "lr": 0.01}), resume=True, progress=False)
     train(TrainConfig(**{**cfg.__dict__, "lr": 0.01, "max_steps": 3}), resume=True, force=True, progress=False)
-    with pytest.raises(CheckpointError, match="is a 'splm' model; --arch gpt cannot resume it"):
+    with pytest.raises(CheckpointError, match="is a 'splm' model; arch gpt cannot resume it"):
         train(TrainConfig(**{**cfg.__dict__, "arch": "gpt"}), resume=True, progress=False)
     with pytest.raises(CheckpointError, match="already holds a checkpoint"):
         train(cfg, progress=False)
@@ -115,7 +115,7 @@ def test_train_sample_and_eval_commands_and_a_toml_config(corpus, tmp_path, caps
     out = tmp_path / "cli"
     assert main(["train", "--config", str(toml), "--device", "cpu", "--out", str(out), "--quiet"]) == 0
     assert read_meta(out)["train_config"]["arch"] == "gpt"
-    assert main(["sample", "--checkpoint", str(out), "--prompt", "ROMEO:", "--max-new-tokens", "12", "--greedy"]) == 0
+    assert main(["sample", "--checkpoint", str(out), "--prompt", "ROMEO:", "--new-tokens", "12", "--greedy"]) == 0
     assert "ROMEO:" in capsys.readouterr().out
     assert main(["eval", "--checkpoint", str(out), "--split", "val"]) == 0
     result = json.loads(capsys.readouterr().out)

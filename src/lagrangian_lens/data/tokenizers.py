@@ -16,6 +16,13 @@ META_FILE = "tokenizer_meta.json"
 
 
 class CharTokenizer:
+    """One token per character; the vocabulary is every character of the text it is trained on, sorted.
+
+    Training builds it from the whole corpus, train and validation splits both, so that encoding the validation
+    split never fails on a character seen only there. This shares the alphabet only (no counts, no order), which
+    a character model needs anyway to score the validation text at all.
+    """
+
     kind = "char"
 
     def __init__(self, chars: str):
@@ -95,10 +102,14 @@ class PretrainedTokenizer:
         (Path(directory) / META_FILE).write_text(json.dumps({"kind": self.kind, "source": self.source}))
 
 
-def build_tokenizer(spec: str, text: str):
-    """A tokenizer from its spec, trained on ``text`` where it needs training."""
+def build_tokenizer(spec: str, text: str, *, whole_text: str | None = None):
+    """A tokenizer from its spec, trained on ``text`` where it needs training.
+
+    ``whole_text`` (the whole corpus, when ``text`` is its train split) is what a char vocabulary covers, so no
+    character of the corpus is unknown to it; BPE trains on ``text`` alone (bytes cover everything).
+    """
     if spec == "char":
-        return CharTokenizer.train(text)
+        return CharTokenizer.train(text if whole_text is None else whole_text)
     if spec.startswith("bpe:"):
         try:
             size = int(spec.removeprefix("bpe:"))
@@ -108,21 +119,38 @@ def build_tokenizer(spec: str, text: str):
             raise DataError(f"bpe vocab size {size} is too small: byte-level BPE starts from 256 byte tokens")
         return BPETokenizer.train(text, size)
     from ..models.pretrained.loading import tokenizer_for
+    from ..models.pretrained.registry import ALIASES
+    from ..models.spec import ModelSpec
 
-    tokenizer, source = tokenizer_for(spec, spec)
+    base = ModelSpec.parse(spec).base  # a random twin shares its model's tokenizer
+    alias = ALIASES.get(base)
+    tokenizer, source = tokenizer_for(base, alias.hub_id if alias and alias.hub_id else base)
+    if source != base:  # tokenizer_for falls back to the default model's: a vocabulary nobody asked for
+        raise DataError(f"the tokenizer of {spec!r} is not available offline; use char, bpe:N, or a model whose "
+                        "tokenizer is installed or cached")
     return PretrainedTokenizer(tokenizer, source)
 
 
 def load_tokenizer(directory: Path):
     """The tokenizer a run saved into ``directory``."""
     directory = Path(directory)
-    meta = json.loads((directory / META_FILE).read_text())
-    if meta["kind"] == "char":
-        return CharTokenizer(json.loads((directory / TOKENIZER_FILE).read_text())["chars"])
-    if meta["kind"] == "bpe":
-        from tokenizers import Tokenizer
+    try:
+        meta = json.loads((directory / META_FILE).read_text(encoding="utf-8"))
+        kind = meta["kind"]
+        if kind == "char":
+            return CharTokenizer(json.loads((directory / TOKENIZER_FILE).read_text(encoding="utf-8"))["chars"])
+        if kind == "bpe":
+            from tokenizers import Tokenizer
 
-        return BPETokenizer(Tokenizer.from_file(str(directory / TOKENIZER_FILE)))
-    from transformers import AutoTokenizer
+            try:
+                backend = Tokenizer.from_file(str(directory / TOKENIZER_FILE))
+            except Exception as exc:  # the tokenizers library raises a bare Exception for a missing or bad file
+                raise ValueError(str(exc)) from exc
+            return BPETokenizer(backend)
+        from transformers import AutoTokenizer
 
-    return PretrainedTokenizer(AutoTokenizer.from_pretrained(str(directory)), meta.get("source", str(directory)))
+        return PretrainedTokenizer(AutoTokenizer.from_pretrained(str(directory)), meta.get("source", str(directory)))
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:120]
+        raise DataError(f"no readable tokenizer in {str(directory)!r} ({first}); it is saved by training into "
+                        "<run>/tokenizer, restore that folder or retrain") from exc

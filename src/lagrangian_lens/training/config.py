@@ -1,30 +1,86 @@
 """The training configuration (one typed dataclass, also the CLI's options and loadable from TOML) and the
-model it describes."""
+model it describes. Every setting is checked in ``__post_init__``, so a bad value fails before any work."""
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 import tomllib
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from ..checks import check_device
+from ..errors import ConfigError, ModelSpecError
 from ..models.own.gpt import GPT, GPTConfig, matched_gpt_config, n_params
-from ..models.own.splm import SPLM, SPLMConfig
+from ..models.own.splm import FORCE_MODES, MASS_MODES, SPLM, SPLMConfig
+from ..models.spec import ModelSpec
 
 ARCHS = ("splm", "gpt")
+BPE_MIN = 257  # a byte-level BPE starts from 256 byte tokens and needs at least one merge
+# An alias, a hub id (org/name) or a .gguf file name; anything else must be an existing path.
+MODEL_SPEC_RE = re.compile(r"(random:)?[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?")
+
+
+def resolve_device(device: str, field: str = "device") -> torch.device:
+    """The torch device ``device`` names; auto is the GPU when there is one, else the CPU."""
+    if check_device(field, device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def check_tokenizer_spec(spec: str, field: str = "tokenizer") -> str:
+    """``spec`` when it is char, bpe:N (N >= 257), or could name a pretrained model; else a ConfigError.
+
+    The ``char`` and ``bpe`` forms are checked strictly; a model spec only for its syntax (an alias, a hub id, a
+    .gguf name or an existing path), since whether it resolves is known only when it loads.
+    """
+    if not isinstance(spec, str) or not spec.strip():
+        raise ConfigError(field, f"{spec!r} is not a tokenizer; use char, bpe:N (e.g. bpe:2048) or a model spec")
+    kind, colon, size = spec.partition(":")
+    if kind.lower() in ("char", "bpe") and spec != "char":
+        if kind != "bpe" or not colon or not size.isdigit():
+            raise ConfigError(field, f"{spec!r} is not a tokenizer; use char or bpe:N with N a vocab size, "
+                                     "e.g. bpe:2048")
+        if int(size) < BPE_MIN:
+            raise ConfigError(field, f"bpe vocab size {int(size)} is too small: a byte-level BPE starts from 256 "
+                                     f"byte tokens; use bpe:{BPE_MIN} or more")
+        return spec
+    if spec == "char" or Path(spec).expanduser().exists():
+        return spec
+    try:
+        ModelSpec.parse(spec)
+    except ModelSpecError as exc:
+        raise ConfigError(field, str(exc)) from exc
+    if not MODEL_SPEC_RE.fullmatch(spec) and not spec.endswith(".gguf"):
+        raise ConfigError(field, f"{spec!r} is neither char, bpe:N, a model alias, a hub id nor an existing path")
+    return spec
+
+
+def _check_range(cfg, field: str, *, low: float, strict: bool = True, high: float | None = None) -> None:
+    """``cfg.field`` above ``low`` (or at least ``low`` when not ``strict``) and below ``high``; NaN always fails."""
+    value = getattr(cfg, field)
+    ok = math.isfinite(value) and (value > low if strict else value >= low) and (high is None or value < high)
+    if not ok:
+        bound = f"> {low}" if strict else f">= {low}"
+        raise ConfigError(field, f"must be {bound}{f' and < {high}' if high is not None else ''}, got {value}")
 
 
 @dataclass
 class TrainConfig:
     """Settings of a training run. Every field is also a command-line option."""
 
+    CHOICES: typing.ClassVar[dict] = {"arch": ARCHS, "mass": MASS_MODES, "force_impl": FORCE_MODES}
+
     arch: str = "splm"
     """splm (scalar-potential LM) or gpt (the matched baseline)."""
     corpus: str = "tiny-shakespeare"
     """Corpus name (tiny-shakespeare, tinystories, wikitext-2-test) or a path to a text file."""
     tokenizer: str = "char"
-    """char, bpe:N (byte-level BPE trained on the train split), or a pretrained model spec."""
+    """char (every character of the corpus), bpe:N (a byte-level BPE of N >= 257 tokens trained on the train split),
+    or a pretrained model spec."""
     val_fraction: float = 0.1
     """The last this-fraction of the corpus (contiguous) is the validation split."""
     block_size: int = 128
@@ -76,7 +132,7 @@ class TrainConfig:
     seed: int = 1337
     """Seeds the weights, the batches and everything random."""
     device: str = "auto"
-    """cpu, cuda, or auto."""
+    """auto, cpu, cuda, cuda:N or mps (auto: the GPU when there is one)."""
     bf16: bool = True
     """bf16 autocast on a GPU (ignored on a CPU)."""
     tensorboard: bool = False
@@ -85,16 +141,43 @@ class TrainConfig:
     """Run folder: checkpoints, metrics.jsonl, tokenizer, config."""
 
     def __post_init__(self):
-        if self.arch not in ARCHS:
-            raise ValueError(f"arch must be one of {ARCHS}, got {self.arch!r}")
-        SPLMConfig(mass=self.mass, force=self.force_impl)  # validates the SPLM choices early
+        for field in ("arch", "mass", "force_impl"):
+            if getattr(self, field) not in self.CHOICES[field]:
+                raise ConfigError(field, f"{getattr(self, field)!r} is not one of {', '.join(self.CHOICES[field])}")
+        for field in ("block_size", "batch_size", "d_model", "n_steps", "v_hidden", "n_head",
+                      "eval_every", "eval_batches", "checkpoint_every"):
+            _check_range(self, field, low=0)
+        for field in ("max_steps", "v_depth", "n_layer", "warmup_steps", "lr", "min_lr", "weight_decay", "grad_clip"):
+            _check_range(self, field, low=0, strict=False)
+        _check_range(self, "dt", low=0)
+        _check_range(self, "val_fraction", low=0, high=1)
+        if self.arch == "gpt" and self.d_model % self.n_head:
+            raise ConfigError("n_head", f"d_model {self.d_model} is not divisible by n_head {self.n_head}; "
+                                        "give an n_head that divides it")
+        check_tokenizer_spec(self.tokenizer)
+        check_device("device", self.device)
 
     @classmethod
     def from_toml(cls, path: str | Path, **overrides) -> TrainConfig:
-        data = tomllib.loads(Path(path).read_text())
-        unknown = set(data) - {f.name for f in dataclasses.fields(cls)}
-        if unknown:
-            raise ValueError(f"unknown keys in {path}: {sorted(unknown)}")
+        """The settings in the TOML file ``path`` (keys are field names), with ``overrides`` over them."""
+        path = Path(path).expanduser()
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError("config", f"no file {str(path)!r}; give the path of a TOML file of training "
+                                        "settings") from None
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError("config", f"{str(path)!r} is not a readable TOML file ({exc})") from None
+        hints = typing.get_type_hints(cls)
+        for key, value in data.items():
+            if key not in hints or key == "CHOICES":
+                raise ConfigError("config", f"{str(path)!r} sets {key!r}, which is not a training setting; "
+                                            f"known: {', '.join(f.name for f in dataclasses.fields(cls))}")
+            want = hints[key]
+            fits = (isinstance(value, want) and not (want is int and isinstance(value, bool))
+                    or want is float and isinstance(value, int) and not isinstance(value, bool))
+            if not fits:
+                raise ConfigError(key, f"{str(path)!r} sets it to {value!r}; expected a {want.__name__}")
         return cls(**{**data, **overrides})
 
     def splm_config(self, vocab_size: int) -> SPLMConfig:
@@ -119,4 +202,4 @@ def build_model(arch: str, model_config: dict):
         return SPLM(SPLMConfig(**model_config))
     if arch == "gpt":
         return GPT(GPTConfig(**model_config))
-    raise ValueError(f"unknown arch {arch!r}; known: {ARCHS}")
+    raise ConfigError("arch", f"{arch!r} is not one of {', '.join(ARCHS)}")

@@ -86,6 +86,7 @@ def load_gguf(path: Path, *, sha256: str, dtype, device_map=None):
 
     check_gguf(path)
     cached = cached_copy_dir(sha256)
+    _remove_stale_tmp(cached)  # also on a cache hit: an earlier conversion killed midway left its copy behind
     if (cached / "config.json").is_file():
         model = AutoModelForCausalLM.from_pretrained(cached, dtype=dtype, device_map=device_map)
         return model, AutoTokenizer.from_pretrained(cached), True
@@ -108,11 +109,43 @@ def _write_cache(model, tokenizer, target: Path, source: Path) -> None:
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
+    _remove_stale_tmp(target)
     tmp = target.with_name(f"{target.name}.tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    (tmp / "lagrangian_lens_source.json").write_text(json.dumps({"gguf": str(source)}, indent=2))
-    target.parent.mkdir(parents=True, exist_ok=True)
-    shutil.rmtree(target, ignore_errors=True)
-    os.replace(tmp, target)
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "lagrangian_lens_source.json").write_text(json.dumps({"gguf": str(source)}, indent=2))
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(target, ignore_errors=True)
+        os.replace(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # still there only when the write failed
+
+
+def _remove_stale_tmp(target: Path) -> None:
+    """Remove the ``<target>.tmp<pid>`` folders of conversions killed midway (each holds a whole model).
+
+    A folder whose writer still runs is another process converting the same GGUF right now: it is left alone.
+    """
+    prefix = f"{target.name}.tmp"
+    if not target.parent.is_dir():
+        return
+    for folder in target.parent.iterdir():
+        if folder.name.startswith(prefix) and folder.is_dir() and not _pid_alive(folder.name.removeprefix(prefix)):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _pid_alive(pid: str) -> bool:
+    """Whether ``pid`` (a folder-name suffix) is a running process other than this one."""
+    if not pid.isdigit() or int(pid) in (0, os.getpid()):
+        return False
+    if os.name != "posix":
+        return True  # os.kill cannot probe a pid safely here: assume it runs
+    try:
+        os.kill(int(pid), 0)  # signal 0: an existence check only
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True  # another user's process, or a pid beyond probing
+    return True
