@@ -1,6 +1,9 @@
 """Extraction and generation on tiny models of every supported family: hooks, batching, padding, caching."""
+from types import SimpleNamespace
+
 import pytest
 import torch
+from torch import nn
 from torch.testing import assert_close
 
 from lagrangian_lens.errors import TrajectoryError, UnsupportedArchitectureError
@@ -17,7 +20,7 @@ from lagrangian_lens.trajectories import (
     save_trajectories,
 )
 
-from .conftest import TEXTS, TINY_CONFIGS, tiny_model
+from .conftest import TEXTS, TINY_CONFIGS, VOCAB, tiny_model
 
 FAMILIES = sorted(TINY_CONFIGS)
 
@@ -104,11 +107,39 @@ def test_sites_are_validated_with_helpful_messages():
         expand_sites(model, "mlp")
 
 
-def test_unsupported_architecture_lists_the_supported_ones():
-    model = tiny_model("llama")
-    model.config.model_type = "mamba"
-    with pytest.raises(UnsupportedArchitectureError, match="gpt_neox.*llama"):
-        expand_sites(model, "final")
+class _MadeUpLM(nn.Module):
+    """A causal LM with no layout to find (no block list, no norm): embedding, tanh, unembedding."""
+
+    def __init__(self):
+        super().__init__()
+        self.config = SimpleNamespace(model_type="made-up", num_hidden_layers=2, hidden_size=8)
+        self.embed, self.head = nn.Embedding(VOCAB, 8), nn.Linear(8, VOCAB, bias=False)
+
+    def get_output_embeddings(self):
+        return self.head
+
+    def forward(self, input_ids, attention_mask=None, **kwargs):
+        return SimpleNamespace(logits=self.head(torch.tanh(self.embed(input_ids))))
+
+
+def test_unsupported_architecture_lists_the_supported_ones(tokenizer):
+    model = _MadeUpLM().eval()
+    for sites in ("all", "block.0", "embed,final"):  # every depth site needs the layout
+        with pytest.raises(UnsupportedArchitectureError, match=r"'made-up'(.|\n)*Supported: .*gpt_neox.*llama"
+                                                               r"(.|\n)*add a row"):
+            expand_sites(model, sites)
+    with pytest.raises(UnsupportedArchitectureError, match="no nn.ModuleList of 2 blocks"):
+        with record_sites(model, ("final", "embed")):
+            pass
+    assert count_hooks(model) == 0
+    with pytest.raises(UnsupportedArchitectureError, match="Supported"):
+        readout(model, "block.0")
+    # 'final' needs only get_output_embeddings: the unembedding's input, and the logits read out from it.
+    tr = extract(model, tokenizer, TEXTS[:1], sites="final")[0]
+    with torch.no_grad():
+        assert_close(tr.at("final"), torch.tanh(model.embed(tr.token_ids[:-1])))
+        assert_close(readout(model, "final")(tr.at("final")), model(tr.token_ids[None]).logits[0, :-1])
+    assert count_hooks(model) == 0
 
 
 def test_nan_state_error_names_site_and_position():

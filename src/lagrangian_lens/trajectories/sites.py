@@ -2,11 +2,16 @@
 
 Site names:
 
-* ``final``: the input of the unembedding, after the final norm (``hidden_states[-1]`` in transformers 5.x).
+* ``final``: the input of the unembedding (``model.get_output_embeddings()``), after the final norm; equal to
+  ``hidden_states[-1]`` in transformers 5.x. Recorded by a pre-hook on the unembedding, so it works on any
+  causal LM, with or without a row in the architecture table.
 * ``embed``: the residual stream entering block 0 (embeddings, with positions or scaling included).
 * ``block.<l>``: the raw residual stream after block l (0-based; negative counts from the end). The last
   block's entry is *before* the final norm, unlike ``hidden_states[-1]``.
 * ``all``: ``embed`` then every block, the depth trajectory.
+
+Only the depth sites (``embed``, ``block.<l>``, ``all``) and read-outs from them need the block list and final
+norm, from the architecture table or its fallback (:func:`~lagrangian_lens.models.arch_for`).
 """
 from __future__ import annotations
 
@@ -18,7 +23,7 @@ import torch
 from torch import nn
 
 from ..errors import TrajectoryError
-from ..models.pretrained.architectures import blocks, final_norm, logit_softcap, unembedding
+from ..models.pretrained.architectures import blocks, final_map, logit_softcap, unembedding
 
 FINAL, EMBED, ALL = "final", "embed", "all"
 BLOCK = "block"
@@ -94,6 +99,16 @@ def expand_sites(model: nn.Module, sites: str | Sequence[str]) -> tuple[str, ...
         sites = [s for s in str(sites).split(",") if s]
     needs_blocks = any(str(s) != FINAL for s in sites)
     n_blocks = len(blocks(model)) if needs_blocks else 0
+    if any(str(s) == FINAL for s in sites):
+        head = unembedding(model)  # fail here, naming the fix, rather than inside the first forward
+        width, hidden = getattr(head, "in_features", None), getattr(model.config, "hidden_size", None)
+        if needs_blocks and None not in (width, hidden) and width != hidden:
+            # A trajectory stacks its sites into one (S, T, d) tensor, so all must share one width.
+            raise TrajectoryError(
+                f"sites {', '.join(map(str, sites))}: 'final' has width {width} (the unembedding's input, after "
+                f"{type(model).__name__}'s projection) but depth sites have hidden_size {hidden}, and one "
+                "trajectory holds one width. Fix: extract 'final' and the depth sites in separate calls."
+            )
     out: list[str] = []
     for site in sites:
         if str(site) == ALL:
@@ -136,18 +151,25 @@ def record_sites(model: nn.Module, sites: tuple[str, ...]) -> Iterator[SiteRecor
         hook.lagrangian_lens = True
         return hook
 
-    def embed_saver(module, args, kwargs):
-        hidden = args[0] if args else kwargs["hidden_states"]
-        recorder.records[EMBED].append(hidden.detach())
-    embed_saver.lagrangian_lens = True
+    def input_saver(site: str, key: str) -> Callable:
+        def hook(module, args, kwargs):
+            recorder.records[site].append((args[0] if args else kwargs[key]).detach())
+        hook.lagrangian_lens = True
+        return hook
 
-    layers = blocks(model)
+    # Looked up before any hook goes on, so an unsupported model leaves nothing behind; only depth sites
+    # need the block list.
+    layers = blocks(model) if any(site != FINAL for site in sites) else None
+    head = unembedding(model) if FINAL in sites else None
     try:
         for site in sites:
             if site == FINAL:
-                handles.append(final_norm(model).register_forward_hook(saver(site)))
+                # The unembedding's input is exactly what the logits are computed from, after the final norm
+                # and anything else the model applies there (OPT's project_out), whatever the architecture.
+                handles.append(head.register_forward_pre_hook(input_saver(site, "input"), with_kwargs=True))
             elif site == EMBED:
-                handles.append(layers[0].register_forward_pre_hook(embed_saver, with_kwargs=True))
+                handles.append(layers[0].register_forward_pre_hook(input_saver(site, "hidden_states"),
+                                                                   with_kwargs=True))
             else:
                 handles.append(layers[int(site.removeprefix("block."))].register_forward_hook(saver(site)))
         yield recorder
@@ -171,13 +193,16 @@ def count_hooks(model: nn.Module) -> int:
 def readout(model: nn.Module, site: str) -> Callable[[torch.Tensor], torch.Tensor]:
     """h (..., d) -> logits (..., V) as the model computes them from that site.
 
-    From ``final`` this is the unembedding (with Gemma's logit soft-cap). From earlier sites it applies the
-    final norm first (the logit lens): exact for the last block, an approximation for earlier ones.
+    From ``final`` this is ``model.get_output_embeddings()`` (with Gemma's logit soft-cap), for any causal LM.
+    From earlier sites it applies the final norm first (the logit lens), which needs the block layout: exact
+    for the last block, an approximation for earlier ones. Models that rescale logits after the unembedding
+    in their own forward (Granite's logits_scaling, Cohere's logit_scale) are not reproduced.
     """
-    norm, head, cap = final_norm(model), unembedding(model), logit_softcap(model)
+    head, cap = unembedding(model), logit_softcap(model)
+    to_head = None if str(site) == FINAL else final_map(model)
 
     def logits(h: torch.Tensor) -> torch.Tensor:
-        z = head(h if site == FINAL else norm(h))
+        z = head(h if to_head is None else to_head(h))
         return cap * torch.tanh(z / cap) if cap else z
 
     return logits
