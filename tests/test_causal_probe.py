@@ -73,3 +73,8 @@ def test_a_hugging_face_model_passes_through_the_generic_callable():
                              embed_fn=model.get_input_embeddings(),
                              from_embeddings_fn=lambda e, ids: model(inputs_embeds=e).logits)
     assert result.passed and result.max_violation < 1e-6
+
+
+def test_probe_model_takes_only_own_models_and_says_what_to_use_instead():
+    with pytest.raises(TypeError, match="probe_causality with callables"):
+        probe_model(tiny_model("llama"), 40)

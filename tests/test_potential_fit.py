@@ -2,11 +2,15 @@
 import numpy as np
 import pytest
 import torch
+from torch import nn
+from torch.testing import assert_close
 
 from lagrangian_lens.mechanics.depth_data import DepthData
 from lagrangian_lens.mechanics.potential_fit import (
     KnownPotential,
     LinearReferenceFit,
+    MLPPotential,
+    Potential,
     SharedPotentialFit,
     VelocityOnlyFit,
     profile_shape,
@@ -166,3 +170,62 @@ def test_token_axis_coordinates_skip_edges_and_fit_a_token_dynamics():
     result = analyse_token_axis(as_tokens, PotentialConfig(centering="none", skip_positions=0, max_epochs=150), layer=3)
     assert result["fit"]["median"] > 0.98 and result["layer"] == 3
     assert result["fit"]["median"] > result["velocity_only"]["median"]
+
+
+def test_the_shared_silu_mlp_gradient_equals_autograd_and_so_do_its_parameter_gradients():
+    from lagrangian_lens.nn import silu_mlp, silu_mlp_input_grad
+
+    torch.manual_seed(0)
+    hidden = nn.ModuleList([nn.Linear(5, 7), nn.Linear(7, 9), nn.Linear(9, 4)]).double()
+    out = nn.Linear(4, 1, bias=False).double()
+    nn.init.normal_(out.weight)
+    z = torch.randn(3, 6, 5, dtype=torch.float64, requires_grad=True)
+    closed = silu_mlp_input_grad(hidden, out.weight, z)
+    auto, = torch.autograd.grad(silu_mlp(hidden, out, z).sum(), z, create_graph=True)
+    assert closed.shape == z.shape
+    assert_close(closed, auto)
+    # Training differentiates through the force, so the closed form must also have autograd's parameter gradients.
+    weights, params = torch.randn_like(z), [*hidden.parameters(), out.weight]
+    for a, c in zip(torch.autograd.grad((auto * weights).sum(), params),
+                    torch.autograd.grad((closed * weights).sum(), params)):
+        assert_close(c, a)
+    potential = MLPPotential(5, hidden=8).double()
+    x = torch.randn(4, 5, dtype=torch.float64, requires_grad=True)
+    assert_close(potential.grad(x), torch.autograd.grad(potential(x).sum(), x)[0])
+
+
+def test_every_potential_implements_the_protocol_and_an_incomplete_one_is_refused():
+    from lagrangian_lens.errors import ConfigError
+    from lagrangian_lens.mechanics.potential_forms import ParametricPotential
+
+    x = torch.randn(2, 3, 6)
+    for potential in (MLPPotential(6), KnownPotential(lambda x, aux: x), ParametricPotential(6, "harmonic")):
+        assert isinstance(potential, Potential)
+    assert KnownPotential(lambda x, aux: x).nonconservative(x, x) is None
+    assert ParametricPotential(6, "harmonic", helmholtz=True).nonconservative(x, x).shape == x.shape
+
+    class GradOnly(nn.Module):
+        def grad(self, x, aux=None):
+            return x
+
+    with pytest.raises(ConfigError, match="PotentialBase"):
+        SharedPotentialFit(potential=GradOnly()).fit(simulate(n_seq=4, n_tok=3, n_layers=3))
+
+
+def test_fit_trains_a_copy_of_the_given_potential_so_repeated_fits_are_equal():
+    data = simulate(n_seq=8, n_tok=6, n_layers=4)
+    potential = MLPPotential(6, hidden=16)
+    before = {k: v.clone() for k, v in potential.state_dict().items()}
+
+    def fit():
+        return SharedPotentialFit(potential=potential, max_epochs=6, patience=6, batch_size=64, seed=0).fit(data)
+
+    first, second = fit(), fit()
+    for name, value in potential.state_dict().items():
+        assert_close(value, before[name], rtol=0, atol=0)  # the constructor argument is never trained
+    assert first.potential_ is not potential and second.potential_ is not first.potential_
+    assert not torch.equal(first.potential_.out.weight, potential.out.weight)  # the copy did train
+    assert_close(torch.as_tensor(first.alpha_), torch.as_tensor(second.alpha_))
+    assert_close(torch.as_tensor(first.beta_), torch.as_tensor(second.beta_))
+    for a, b in zip(first.potential_.parameters(), second.potential_.parameters()):
+        assert_close(a, b)

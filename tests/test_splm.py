@@ -138,3 +138,26 @@ def test_own_models_give_depth_trajectories_that_the_mechanics_accept(arch):
     paths = paths_from_trajectories(trs, "depth", None, skip=0)
     metrics, _ = analyse_stp(paths, n_permutations=10)
     assert metrics["n_triplets"] == (5 + 6) * (n_blocks + 1 - 2)  # embed + blocks per token, final left out
+
+
+def test_splm_and_gpt_implement_the_own_lm_protocol_and_other_models_are_refused():
+    from lagrangian_lens.models.own.gpt import GPTConfig
+    from lagrangian_lens.models.own.protocols import OwnLM
+    from lagrangian_lens.trajectories.own import own_model_trajectories
+
+    from .conftest import tiny_model
+
+    torch.manual_seed(0)
+    splm = SPLM(SPLMConfig(vocab_size=30, block_size=16, d_model=8, n_steps=3, v_hidden=16, v_init_scale=0.5))
+    gpt = GPT(GPTConfig(vocab_size=30, block_size=16, d_model=8, n_layer=2, n_head=2))
+    ids = torch.tensor([[1, 5, 7, 2]])
+    for model in (splm, gpt):
+        assert isinstance(model, OwnLM)
+        states, final = model.depth_states(ids)
+        assert len(states) == (4 if model is splm else 3)  # L+1: embed, then every step or block
+        assert_close(states[0], model.embed(ids))
+        assert_close(final @ model.wte.weight.T, model(ids)[0])  # the final state is what the read-out sees
+    h_last, kept = splm.integrate(splm.embed(ids), ids, keep_states=True)
+    assert_close(splm.depth_states(ids)[0][2], kept[2][0])
+    with pytest.raises(TypeError, match="lacks embed, logits_from_embeddings, depth_states"):
+        own_model_trajectories(tiny_model("llama"), [[1, 2, 3]])

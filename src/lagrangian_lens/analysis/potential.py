@@ -88,7 +88,7 @@ def functional_form_menu(train: DepthData, test: DepthData, cfg: PotentialConfig
         r2 = fit.score(ptest)
         name = form + "".join(f"+{k}={v}" if not isinstance(v, bool) else f"+{k}" for k, v in options.items())
         rows.append({"variant": name, "median": float(np.median(r2)), "per_layer": [float(v) for v in r2],
-                     **potential.augmentation_norms()})
+                     **fit.potential_.augmentation_norms()})
     return rows
 
 

@@ -10,13 +10,15 @@ R² of a layer is 1 − SS_res/SS_tot pooled over tokens and dimensions, with SS
 from __future__ import annotations
 
 import copy
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..errors import ConfigError
+from ..nn import silu_mlp, silu_mlp_input_grad
 from .depth_data import DepthData
 
 
@@ -48,7 +50,35 @@ def profile_shape(r2: np.ndarray, tol: float = 0.05) -> str:
     return "other"
 
 
-class MLPPotential(nn.Module):
+@runtime_checkable
+class Potential(Protocol):
+    """What :class:`SharedPotentialFit` needs of a potential: its gradient, and any force it adds beyond one.
+
+    ``grad(x, aux)``: ∇V at states x (S, L, d), with per-sample auxiliary inputs ``aux`` (S, L, k) or None.
+    ``nonconservative(x, v)``: an extra force F(x, v) (S, L, d) inside the β bracket, or None for a pure
+    potential. :class:`PotentialBase` supplies the None; ``potential_forms.ParametricPotential`` has its own.
+    A potential with trainable parameters (an ``nn.Module``) is fitted jointly with α and β; one without is an
+    oracle, and only α and β are solved for.
+    """
+
+    def grad(self, x: torch.Tensor, aux: torch.Tensor | None = None) -> torch.Tensor:
+        ...
+
+    def nonconservative(self, x: torch.Tensor, v: torch.Tensor) -> torch.Tensor | None:
+        ...
+
+
+class PotentialBase(nn.Module):
+    """A conservative potential: subclasses define ``grad``; there is no non-conservative force."""
+
+    def grad(self, x: torch.Tensor, aux: torch.Tensor | None = None) -> torch.Tensor:
+        raise NotImplementedError(f"{type(self).__name__} must define grad(x, aux) -> ∇V(x), same shape as x")
+
+    def nonconservative(self, x: torch.Tensor, v: torch.Tensor) -> torch.Tensor | None:
+        return None
+
+
+class MLPPotential(PotentialBase):
     """V_ψ(x): an MLP to one scalar, with its input-gradient in closed form (no double backward)."""
 
     def __init__(self, d: int, hidden: int = 128, depth: int = 2, init_scale: float = 1e-2):
@@ -59,23 +89,13 @@ class MLPPotential(nn.Module):
         nn.init.normal_(self.out.weight, std=init_scale)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for layer in self.hidden:
-            x = F.silu(layer(x))
-        return self.out(x).squeeze(-1)
+        return silu_mlp(self.hidden, self.out, x)  # (..., d) -> (...,)
 
     def grad(self, x: torch.Tensor, aux: torch.Tensor | None = None) -> torch.Tensor:
-        pre, z = [], x
-        for layer in self.hidden:
-            pre.append(layer(z))
-            z = F.silu(pre[-1])
-        g = self.out.weight.expand(*z.shape[:-1], -1)
-        for layer, a in zip(reversed(self.hidden), reversed(pre)):
-            s = torch.sigmoid(a)
-            g = (g * s * (1 + a * (1 - s))) @ layer.weight
-        return g
+        return silu_mlp_input_grad(self.hidden, self.out.weight, x)  # (..., d)
 
 
-class KnownPotential(nn.Module):
+class KnownPotential(PotentialBase):
     """A fixed potential given by its gradient function grad_fn(x, aux) (e.g. an SPLM's own V_θ with its ξ)."""
 
     def __init__(self, grad_fn):
@@ -84,6 +104,15 @@ class KnownPotential(nn.Module):
 
     def grad(self, x: torch.Tensor, aux: torch.Tensor | None = None) -> torch.Tensor:
         return self.grad_fn(x, aux)
+
+
+def _check_potential(potential) -> None:
+    if not isinstance(potential, Potential) or not isinstance(potential, nn.Module):
+        raise ConfigError("potential", (
+            f"got a {type(potential).__name__}, which is not an nn.Module with grad(x, aux) and "
+            "nonconservative(x, v) (the Potential protocol). Fix: subclass "
+            "lagrangian_lens.mechanics.potential_fit.PotentialBase and define grad, or wrap a gradient function "
+            "as KnownPotential(grad_fn)."))
 
 
 def _broadcast_aux(aux, x):
@@ -98,7 +127,7 @@ class SharedPotentialFit:
     parameters (an oracle), α_l and β_l are solved in closed form per layer.
     """
 
-    def __init__(self, hidden: int = 128, depth: int = 2, *, potential: nn.Module | None = None, lr: float = 3e-3,
+    def __init__(self, hidden: int = 128, depth: int = 2, *, potential: Potential | None = None, lr: float = 3e-3,
                  batch_size: int = 512, max_epochs: int = 400, patience: int = 30, val_fraction: float = 0.2,
                  seed: int = 0, dtype: torch.dtype = torch.float32, progress: bool = False):
         self.hidden, self.depth, self.potential = hidden, depth, potential
@@ -110,15 +139,24 @@ class SharedPotentialFit:
 
     def _predict(self, s: dict, alpha, beta, potential) -> torch.Tensor:
         force = -potential.grad(s["x"], _broadcast_aux(s.get("aux"), s["x"]))
-        extra = potential.nonconservative(s["x"], s["v"]) if hasattr(potential, "nonconservative") else None
+        extra = potential.nonconservative(s["x"], s["v"])
         if extra is not None:  # augmentations of the functional-form menu
             force = force + extra
         return alpha[:, None] * s["v"] + beta[:, None] * force
 
     def fit(self, data: DepthData) -> SharedPotentialFit:
+        """Fit α, β (and V) to ``data``; the fitted potential is ``potential_``.
+
+        A ``potential`` given to the constructor is copied first, never trained in place: two fits with the same
+        object start from the same weights and are independent (the scikit-learn rule).
+        """
         torch.manual_seed(self.seed)
         d = data.states.shape[-1]
-        potential = self.potential if self.potential is not None else MLPPotential(d, self.hidden, self.depth)
+        if self.potential is not None:
+            _check_potential(self.potential)
+            potential = copy.deepcopy(self.potential)
+        else:
+            potential = MLPPotential(d, self.hidden, self.depth)
         potential = potential.to(self.dtype)
         if not any(p.requires_grad for p in potential.parameters()):
             return self._fit_closed_form(data, potential)

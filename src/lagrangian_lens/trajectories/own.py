@@ -10,31 +10,24 @@ from collections.abc import Sequence
 
 import torch
 
+from ..models.own.protocols import OwnLM, require_own_lm
 from .tokens import token_stats
 from .trajectory import Trajectory
 
 
-def _depth_states(model, idx: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
-    """(L+1 states (B, T, d), final (B, T, d)) for an SPLM or GPT."""
-    h0 = model.embed(idx)
-    if hasattr(model, "integrate"):  # SPLM
-        h_last, states = model.integrate(h0, idx, keep_states=True)
-        return [h for h, _ in states], h_last
-    states = model.depth_states(h0)  # GPT
-    return states, model.ln_f(states[-1])
-
-
 @torch.no_grad()
-def own_model_trajectories(model, sequences: Sequence[Sequence[int]], *, metadata: dict | None = None) -> list[Trajectory]:
+def own_model_trajectories(model: OwnLM, sequences: Sequence[Sequence[int]], *,
+                           metadata: dict | None = None) -> list[Trajectory]:
     """One teacher-forced depth trajectory per token sequence (each at least 2 tokens, at most block_size)."""
+    require_own_lm(model, "own_model_trajectories")
     device = next(model.parameters()).device
     out = []
     for seq in sequences:
         idx = torch.tensor([list(seq)], device=device)
         if idx.shape[1] < 2:
             raise ValueError("a sequence needs at least 2 tokens to have a next token")
-        states, final = _depth_states(model, idx)
-        logits = model(idx)[0]  # (1, T, V)
+        states, final = model.depth_states(idx)  # L+1 states and the read-out input, each (1, n, d)
+        logits = model(idx)[0]  # (1, n, V)
         T = idx.shape[1] - 1
         logp, maxlogp, ent = token_stats(logits[:, :-1], idx[:, 1:])
         sites = ("embed", *(f"block.{l}" for l in range(len(states) - 1)), "final")

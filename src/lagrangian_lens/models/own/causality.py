@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .protocols import OwnLM, require_own_lm
+
 
 @dataclass
 class ProbeResult:
@@ -91,8 +93,9 @@ def probe_causality(
                        {k: {"max_violation": v, "pair": p} for k, (v, p) in tests.items()})
 
 
-def probe_model(model, vocab_size: int, **kwargs) -> ProbeResult:
-    """Probe one of the toolkit's own models (anything with ``embed`` and ``logits_from_embeddings``)."""
+def probe_model(model: OwnLM, vocab_size: int, **kwargs) -> ProbeResult:
+    """Probe one of the toolkit's own models (an :class:`~.protocols.OwnLM`) with both tests."""
+    require_own_lm(model, "probe_model")
     was_training = model.training
     model.eval()
     try:

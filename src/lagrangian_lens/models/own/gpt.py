@@ -64,6 +64,8 @@ class Block(nn.Module):
 
 
 class GPT(nn.Module):
+    """The baseline; implements :class:`~.protocols.OwnLM`, as the SPLM does."""
+
     def __init__(self, cfg: GPTConfig):
         super().__init__()
         self.config = cfg
@@ -86,12 +88,13 @@ class GPT(nn.Module):
             raise ValueError(f"sequence of {T} tokens exceeds block_size {self.config.block_size}")
         return self.wte(idx) + self.wpe(torch.arange(T, device=idx.device))
 
-    def depth_states(self, h0: torch.Tensor) -> list[torch.Tensor]:
-        """The residual stream before block 0 and after every block: L+1 tensors (B, T, d)."""
-        states = [h0]
+    def depth_states(self, idx: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """The residual stream before block 0 and after every block (L+1 tensors (B, T, d)), and what the
+        read-out sees: ln_f of the last one."""
+        states = [self.embed(idx)]  # (B, T, d)
         for block in self.blocks:
             states.append(block(states[-1]))
-        return states
+        return states, self.ln_f(states[-1])
 
     def logits_from_embeddings(self, h0: torch.Tensor, idx: torch.Tensor | None = None) -> torch.Tensor:
         x = h0

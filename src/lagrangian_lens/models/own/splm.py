@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ...nn import silu_mlp, silu_mlp_input_grad
+
 MASS_MODES = ("global", "token", "logfreq")
 FORCE_MODES = ("autograd", "closed_form")
 
@@ -65,10 +67,7 @@ class ScalarPotential(nn.Module):
         self.d = d
 
     def forward(self, xi: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-        z = torch.cat([xi, h], dim=-1)  # (B, T, 2d)
-        for layer in self.hidden:
-            z = F.silu(layer(z))
-        return self.out(z).squeeze(-1)  # (B, T)
+        return silu_mlp(self.hidden, self.out, torch.cat([xi, h], dim=-1))  # (B, T, 2d) -> (B, T)
 
     def force_autograd(self, xi: torch.Tensor, h: torch.Tensor, create_graph: bool) -> torch.Tensor:
         """-∇_h V by autograd. Each V_t depends on h_t only, so the gradient of the sum is per token."""
@@ -81,15 +80,8 @@ class ScalarPotential(nn.Module):
 
     def force_closed_form(self, xi: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
         """-∇_h V by the chain rule written out: ordinary differentiable ops, no double backward."""
-        z, pre = torch.cat([xi, h], dim=-1), []
-        for layer in self.hidden:
-            pre.append(layer(z))
-            z = F.silu(pre[-1])
-        g = self.out.weight.expand(*z.shape[:-1], -1)  # dV/dz of the last hidden layer, (B, T, hidden)
-        for layer, a in zip(reversed(self.hidden), reversed(pre)):
-            s = torch.sigmoid(a)
-            g = (g * s * (1 + a * (1 - s))) @ layer.weight  # through silu' then the linear map
-        return -g[..., self.d:]  # the h half of the input
+        g = silu_mlp_input_grad(self.hidden, self.out.weight, torch.cat([xi, h], dim=-1))  # (B, T, 2d)
+        return -g[..., self.d:]  # the h half of the input, (B, T, d)
 
 
 class Mass(nn.Module):
@@ -123,6 +115,8 @@ class Mass(nn.Module):
 
 
 class SPLM(nn.Module):
+    """The SPLM; implements :class:`~.protocols.OwnLM`, as the GPT baseline does."""
+
     def __init__(self, cfg: SPLMConfig):
         super().__init__()
         self.config = cfg
@@ -174,6 +168,11 @@ class SPLM(nn.Module):
             if keep_states:
                 states.append((h, v))
         return h, states
+
+    def depth_states(self, idx: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """h_0 and h after every step (L+1 tensors (B, T, d)), and what the read-out sees: h_L itself."""
+        h_last, states = self.integrate(self.embed(idx), idx, keep_states=True)
+        return [h for h, _ in states], h_last
 
     def logits_from_embeddings(self, h0: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
         h, _ = self.integrate(h0, idx)

@@ -1,7 +1,9 @@
-"""``load_model(spec)``: one entry point for hub ids, local directories, GGUF files, aliases and random twins.
+"""``load_model(spec)``: one entry point for hub ids, local directories, GGUF files, aliases, random twins and
+models already in memory.
 
 Every load returns the model, its tokenizer and a :class:`ModelDescription` that records where the weights
-came from and their hashes, so a run folder says exactly which model produced it.
+came from and their hashes, so a run folder says exactly which model produced it. A model passed in memory has
+no files to hash, so its description carries a fingerprint of its parameters instead.
 """
 from __future__ import annotations
 
@@ -14,12 +16,13 @@ import torch
 from torch import nn
 
 from ...errors import ModelSpecError
+from ..spec import RANDOM_PREFIX, ModelSpec  # RANDOM_PREFIX stays importable from here too
 from .gguf import load_gguf, sha256_file
 from .random_init import INIT_SCHEMES, build_random
 from .registry import ALIASES, DEFAULT_MODEL, known_specs_help
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-RANDOM_PREFIX = "random:"
+IN_MEMORY = "in-memory"  # ModelDescription.source of a model passed as an object
 
 
 @dataclass
@@ -71,33 +74,91 @@ def resolve_device(device: str) -> str:
 
 
 def load_model(
-    spec: str = DEFAULT_MODEL,
+    spec: str | ModelSpec | nn.Module | LoadedModel = DEFAULT_MODEL,
     *,
-    dtype: str | torch.dtype = "float32",
-    device: str = "cpu",
+    tokenizer=None,
+    weights: str | None = None,
+    dtype: str | torch.dtype | None = None,
+    device: str | None = None,
     device_map: str | None = None,
     trust_remote_code: bool = False,
     init: str = "hf",
     seed: int = 0,
 ) -> LoadedModel:
-    """Load ``spec``: an alias, a hub id, a local directory, a ``.gguf`` path, or ``random:<any of those>``.
+    """Load ``spec``: an alias, a hub id, a local directory, a ``.gguf`` path, or ``random:<any of those>`` (as a
+    string or a :class:`~lagrangian_lens.models.spec.ModelSpec`); or wrap a model already in memory.
 
-    ``init`` and ``seed`` only matter for random twins (see :mod:`.random_init`). Remote code never runs
-    unless ``trust_remote_code`` is set. ``device_map="auto"`` spreads a large model over the devices.
+    In memory: ``load_model(model, tokenizer=tok)`` takes a transformers causal LM and its tokenizer and describes
+    them (source ``"in-memory"``, ``weights`` as given, default ``"pretrained"``, a parameter fingerprint); the
+    model is set to eval mode, and cast or moved only when ``dtype`` / ``device`` are given. A
+    :class:`LoadedModel` is returned as it is.
+
+    From a spec, ``dtype`` defaults to float32 and ``device`` to "cpu". ``init`` and ``seed`` only matter for
+    random twins (see :mod:`.random_init`). Remote code never runs unless ``trust_remote_code`` is set.
+    ``device_map="auto"`` spreads a large model over the devices.
     """
-    torch_dtype = resolve_dtype(dtype)
-    if spec.startswith(RANDOM_PREFIX):
-        loaded = _load_random(spec[len(RANDOM_PREFIX):], init=init, seed=seed, dtype=torch_dtype,
-                              trust_remote_code=trust_remote_code)
-        loaded.description.spec = spec
+    if isinstance(spec, LoadedModel):
+        if tokenizer is not None or weights is not None:
+            raise ModelSpecError("load_model got a LoadedModel, which already has its tokenizer and description, "
+                                 "together with tokenizer= or weights=. Fix: pass the LoadedModel alone, or pass "
+                                 "its .model with the tokenizer and weights you want.")
+        return spec
+    if isinstance(spec, nn.Module):
+        if device_map is not None:
+            raise ModelSpecError("device_map= places a model while it loads from files; a model in memory is "
+                                 "already placed. Fix: leave device_map out, or pass device= to move it.")
+        loaded = _from_memory(spec, tokenizer, weights or "pretrained",
+                              dtype=None if dtype is None else resolve_dtype(dtype))
+        if device is not None:
+            loaded.model.to(resolve_device(device))
     else:
-        loaded = _load_pretrained(spec, dtype=torch_dtype, device_map=device_map, trust_remote_code=trust_remote_code)
-    if device_map is None:
-        loaded.model.to(resolve_device(device))
+        parsed = ModelSpec.parse(spec)
+        if tokenizer is not None or weights is not None:
+            raise ModelSpecError(f"tokenizer= and weights= describe a model passed in memory; the spec "
+                                 f"{parsed.label!r} brings its own tokenizer, and its weights follow from it "
+                                 f"({RANDOM_PREFIX}<spec> for a random twin). Fix: leave them out.")
+        torch_dtype = resolve_dtype(dtype or "float32")
+        if parsed.random:
+            loaded = _load_random(parsed.base, init=init, seed=seed, dtype=torch_dtype,
+                                  trust_remote_code=trust_remote_code)
+        else:
+            loaded = _load_pretrained(parsed.base, dtype=torch_dtype, device_map=device_map,
+                                      trust_remote_code=trust_remote_code)
+        loaded.description.spec = parsed.label
+        if device_map is None:
+            loaded.model.to(resolve_device(device or "cpu"))
     loaded.model.eval()
     _finish_tokenizer(loaded.tokenizer)
     loaded.description.device = str(next(loaded.model.parameters()).device)
     return loaded
+
+
+def _from_memory(model: nn.Module, tokenizer, weights: str, *, dtype: torch.dtype | None) -> LoadedModel:
+    """Describe a transformers causal LM the caller built or loaded: no files, so a parameter fingerprint."""
+    from transformers import PreTrainedModel
+
+    if not isinstance(model, PreTrainedModel):
+        raise ModelSpecError(
+            f"load_model got a {type(model).__name__}, which is not a transformers model (PreTrainedModel). "
+            "Expected: a spec string, a ModelSpec, a LoadedModel, or a transformers causal LM such as "
+            "AutoModelForCausalLM.from_pretrained(...). The toolkit's own SPLM and GPT are used directly, "
+            "without load_model.")
+    label = model.config.name_or_path or type(model).__name__  # a model built from a config has no name
+    if tokenizer is None:
+        raise ModelSpecError(
+            f"the in-memory model {label!r} came without its tokenizer, which extraction needs to turn text into "
+            "ids. Fix: pass it, as load_model(model, tokenizer=AutoTokenizer.from_pretrained(...)).")
+    if not isinstance(weights, str) or not weights:
+        raise ModelSpecError(f"weights= labels where the weights came from, e.g. 'pretrained' or 'random'; "
+                             f"got {weights!r}")
+    check_vocab(tokenizer, model.config.vocab_size, f"the in-memory model {label!r}")
+    if dtype is not None:
+        model.to(dtype)
+    tok_source = getattr(tokenizer, "name_or_path", "") or IN_MEMORY  # a transformers tokenizer records its origin
+    desc = _describe(label, IN_MEMORY, model, weights, tok_source)
+    desc.param_fingerprint = param_fingerprint(model)
+    desc.notes.append("passed in memory: no weight files to hash; param_fingerprint identifies the weights")
+    return LoadedModel(model, tokenizer, desc)
 
 
 def _load_pretrained(spec: str, *, dtype, device_map, trust_remote_code) -> LoadedModel:
@@ -144,7 +205,7 @@ def _load_random(inner: str, *, init: str, seed: int, dtype, trust_remote_code) 
         config, tokenizer, tok_source = pretrained.model.config, pretrained.tokenizer, inner
     elif alias is not None:
         config = AutoConfig.for_model(**alias.config)
-        tokenizer, tok_source = tokenizer_for(inner, alias.hub_id)
+        tokenizer, tok_source = tokenizer_for(inner, alias.hub_id)  # from the hub cache only: no network
     else:
         try:
             config = AutoConfig.from_pretrained(inner, trust_remote_code=trust_remote_code)
@@ -172,19 +233,39 @@ def check_vocab(tokenizer, vocab_size: int, what: str) -> None:
 
 
 def tokenizer_for(spec: str, source: str | None):
+    """(tokenizer, where it came from) for ``spec``, falling back to the default model's tokenizer.
+
+    A registry alias never reaches the network for its tokenizer: its hub id is read from the local hub cache
+    when the tokenizer is there, else the default tokenizer is used. (Offline, a hub lookup retries for tens of
+    seconds before failing, and a random twin of an alias needs nothing but its registry config.) Any other
+    ``source`` (a directory, a hub id) loads as transformers loads it.
+    """
     from transformers import AutoTokenizer
 
     if spec == DEFAULT_MODEL:
         return default_tokenizer(), DEFAULT_MODEL
+    alias = ALIASES.get(spec)
+    cache_only = alias is not None
+    if alias is not None:
+        source = alias.hub_id if hub_tokenizer_cached(alias.hub_id) else None
     if source is not None:
         try:
-            tokenizer = AutoTokenizer.from_pretrained(source)
+            tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=cache_only)
         except (OSError, ValueError, TypeError):
             tokenizer = None
         # A directory with a config but no vocabulary files can still yield an empty tokenizer object.
         if tokenizer is not None and len(tokenizer) > 1 and tokenizer("a b")["input_ids"]:
             return tokenizer, spec
     return default_tokenizer(), DEFAULT_MODEL
+
+
+def hub_tokenizer_cached(hub_id: str | None) -> bool:
+    """Whether the local hub cache holds ``hub_id``'s tokenizer (a file lookup only, never the network)."""
+    if hub_id is None:
+        return False
+    from huggingface_hub import try_to_load_from_cache
+
+    return isinstance(try_to_load_from_cache(hub_id, "tokenizer_config.json"), str)
 
 
 @functools.lru_cache(maxsize=1)

