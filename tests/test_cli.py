@@ -39,7 +39,7 @@ def test_energy_writes_results_steps_and_figures(tmp_path, tiny_dir, capsys):
     np.testing.assert_allclose(steps["power_e_norm"][first][:-1], np.diff(e / e.mean()), rtol=1e-9)
     assert len(list((out / "figures").glob("*.png"))) == 5
     run = json.loads((out / "run.json").read_text())
-    assert run["config"]["seed"] == 0 and "torch" in run["environment"]["packages"]
+    assert run["seed"] == 0 and run["experiment"] == "energy" and "torch" in run["environment"]["packages"]
     assert "global_cv" in capsys.readouterr().out
 
 
@@ -48,24 +48,26 @@ def test_ctrl_c_keeps_finished_runs_and_a_rerun_resumes(tmp_path, tiny_dir, monk
     other = tmp_path / "tiny-gpt2"
     tiny_config("gpt2").save_pretrained(other)
     args = ["energy", "--model", f"random:{tiny_dir}", "--model", f"random:{other}", *FAST, "--out", str(out)]
-    real, calls = runner_mod._run_one, []
+    real, calls = runner_mod._run_plan, []
 
-    def interrupted(cfg, run, *a, **k):
-        calls.append(run.name)
+    def interrupted(plan, *a, **k):
+        calls.append(plan.name)
         if len(calls) == 2:
             raise KeyboardInterrupt
-        return real(cfg, run, *a, **k)
+        return real(plan, *a, **k)
 
-    monkeypatch.setattr(runner_mod, "_run_one", interrupted)
+    monkeypatch.setattr(runner_mod, "_run_plan", interrupted)
     assert main(args) == 130
     assert "run the same command again to resume" in capsys.readouterr().err
     finished = json.loads((out / "results.json").read_text())["runs"]
     assert [e["run"] for e in finished] == [calls[0]]
 
-    calls.clear()
-    monkeypatch.setattr(runner_mod, "_run_one", lambda cfg, run, *a, **k: calls.append(run.name) or real(cfg, run, *a, **k))
+    loads, real_load = [], runner_mod._load
+    monkeypatch.setattr(runner_mod, "_run_plan", real)
+    monkeypatch.setattr(runner_mod, "_load", lambda plan, cfg: loads.append(plan.name) or real_load(plan, cfg))
     assert main(args) == 0
-    assert calls == ["tiny-gpt2__random"]  # the first run was kept, not recomputed
+    assert len(loads) == 1 and loads[0].startswith("tiny-gpt2-")  # the first model was kept, not loaded again
+    assert "[resume] energy/" + calls[0] in capsys.readouterr().err
     assert len(json.loads((out / "results.json").read_text())["runs"]) == 2
 
 
@@ -99,7 +101,7 @@ def test_teacher_forced_without_continuation_is_explained(tmp_path, tiny_dir, ca
 
 def test_bad_option_value_is_an_error_not_a_traceback(tmp_path, capsys):
     assert main(["energy", "--ppl", "mode", "--out", str(tmp_path)]) == 2
-    assert "ppl must be one of" in capsys.readouterr().err
+    assert capsys.readouterr().err == "error: --ppl: 'mode' is not one of realized, argmax\n"
 
 
 @pytest.mark.parametrize("axis", ["token", "depth"])

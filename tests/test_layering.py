@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1] / "src" / "lagrangian_lens"
-LAYERS = ["errors", "provenance", "nn", "models", "data", "training", "trajectories", "mechanics", "analysis", "steering",
+LAYERS = ["errors", "checks", "provenance", "nn", "models", "data", "training", "trajectories", "mechanics", "analysis", "steering",
           "experiments", "report", "cli"]
 
 

@@ -31,15 +31,15 @@ def package_versions() -> dict[str, str | None]:
     return versions
 
 
-def git_state() -> dict[str, str | bool | None]:
+def git_state(package_file: str | Path = __file__) -> dict[str, str | bool | None]:
     """The toolkit's own git sha and whether its tree had uncommitted changes.
 
     Only when the package runs from its own checkout (this file tracked by the repository whose top level is
     two folders above the package); a toolkit installed inside a user's repository records None, never the
     user's commit.
     """
-    here = Path(__file__).resolve()
-    repo = here.parents[2]
+    here = Path(package_file).resolve()
+    repo = here.parents[2]  # <repo>/src/lagrangian_lens/provenance.py
 
     def git(*args):
         return subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, timeout=10)

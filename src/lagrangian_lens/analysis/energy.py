@@ -1,21 +1,25 @@
 """From trajectories to the energy step table and metrics, under the run's named conventions."""
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from ..checks import check_choice, check_range
+from ..errors import ConfigError, TrajectoryError
 from ..mechanics import (
     attractor_unique_tokens,
     energy_metrics,
-    energy_series,
     energy_table,
     log_el_residual,
     logprob_gradients,
 )
-from ..trajectories import Trajectory
+from ..mechanics.energy import energy_series_many, step_rows
+from ..mechanics.energy_stats import ENERGY_SCALES
+from ..trajectories import Site, Trajectory
 
 PPL_CHOICES = ("realized", "argmax")
 SPANS = ("continuation", "all")
@@ -25,19 +29,27 @@ SPANS = ("continuation", "all")
 class EnergyConventions:
     """The choices the energy paper leaves open; every result records them."""
 
-    site: str = "final"  # where h_t is read: 'final' (input of the unembedding), 'embed' or 'block.<l>'
-    ppl: str = "realized"  # PPL_t from the realised token ('realized') or the argmax token ('argmax')
+    CHOICES = {"ppl": PPL_CHOICES, "span": SPANS, "energy_scale": ENERGY_SCALES}
+
+    site: str = "final"  # where h_t is read: final (input of the unembedding), embed or block.<l> (negative from the end)
+    ppl: str = "realized"  # PPL_t from the realised token (realized) or the argmax token (argmax); equal under greedy
     span: str = "continuation"  # analyse only the continuation (the generated tokens) or all positions
-    energy_scale: str = "log"  # CVs of H = ln E ('log') or of E itself ('linear')
+    energy_scale: str = "log"  # take the CVs of H = ln E (log) or of E itself (linear)
     zero_velocity_rtol: float = 1e-6  # a step is 'zero velocity' when ‖v‖ <= rtol·max(‖h_t‖, ‖h_{t-1}‖)
     attractor_points: int = 11  # α grid of the neighbouring-attractor test: 11 points = 0, 0.1, ..., 1
     attractor_max_segments: int = 2000  # test at most this many segments, chosen at random (seeded)
 
     def __post_init__(self):
-        if self.ppl not in PPL_CHOICES:
-            raise ValueError(f"ppl must be one of {PPL_CHOICES}, got {self.ppl!r}")
-        if self.span not in SPANS:
-            raise ValueError(f"span must be one of {SPANS}, got {self.span!r}")
+        try:
+            Site.parse(self.site)  # syntax only; the block range is checked against the model
+        except TrajectoryError as exc:
+            raise ConfigError("site", str(exc)) from None
+        check_choice("ppl", self.ppl, PPL_CHOICES)
+        check_choice("span", self.span, SPANS)
+        check_choice("energy_scale", self.energy_scale, ENERGY_SCALES)
+        check_range("zero_velocity_rtol", self.zero_velocity_rtol, low=0)
+        check_range("attractor_points", self.attractor_points, low=2)
+        check_range("attractor_max_segments", self.attractor_max_segments, low=1)
 
 
 @dataclass
@@ -56,37 +68,51 @@ def analyse_energy(trajectories: Sequence[Trajectory], readout: Callable, conv: 
                    n_boot: int = 1000, ci: float = 0.95, seed: int = 0, device="cpu") -> EnergyAnalysis:
     """Energy terms, log-EL residuals and attractor counts of every trajectory, then the run metrics.
 
-    ``readout`` maps states at ``conv.site`` to logits on ``device`` (see ``trajectories.readout``).
+    ``readout`` maps states at ``conv.site`` to logits on ``device`` (see ``trajectories.readout``). The step
+    table and the bootstrapped metrics are computed there too; the table comes back to the host once, at the end.
     """
     if not trajectories:
         raise ValueError("no trajectories to analyse")
-    series, entropy, states, targets, tokens, positions, repeats = [], [], [], [], [], [], []
+    stats_device = _stats_device(device)
+    states, neg_logp, entropy, targets, tokens, positions, repeats = [], [], [], [], [], [], []
     for tr in trajectories:
         sl = _span(tr, conv.span)
         h = tr.at(conv.site)[sl]
-        logp = (tr.logprobs if conv.ppl == "realized" else tr.max_logprobs)[sl]
-        series.append(energy_series(h, -logp, conv.zero_velocity_rtol))
-        if tr.entropy is not None:
-            entropy.append(tr.entropy[sl][1:].double().numpy())
-        emitted = tr.targets[sl]
         states.append(h)
+        neg_logp.append(-(tr.logprobs if conv.ppl == "realized" else tr.max_logprobs)[sl])
+        if tr.entropy is not None:
+            entropy.append(tr.entropy[sl][1:])
+        emitted = tr.targets[sl]
         targets.append(emitted)
         tokens.append(emitted[1:].numpy())
         positions.append(np.arange(sl.start + 1, sl.start + h.shape[0]))
         prev = tr.token_ids[sl.start:sl.start + len(emitted)]
         repeats.append((emitted == prev).numpy())
-    el_rows = _el_rows(states, targets, series, readout, conv.ppl, device)
-    attractor_rows = _attractor_rows(states, series, readout, conv, seed, device)
-    extra = {"el": el_rows, "attractor": attractor_rows}
+    lengths = [h.shape[0] for h in states]
+    # Every trajectory stacked, (Σ T_i, d): one transfer serves the read-out, and each per-step quantity is one
+    # set of kernels for the whole batch.
+    flat = torch.cat(states).to(device)
+    here = flat.to(stats_device)
+    series = energy_series_many(here, torch.cat(neg_logp).to(stats_device), lengths, conv.zero_velocity_rtol)
+    extra = {"el": _el_rows(flat, here, lengths, targets, series, readout, conv.ppl),
+             "attractor": _attractor_column(flat, lengths, series, readout, conv, seed, stats_device)}
     if len(entropy) == len(series):
         extra["entropy"] = entropy
     table = energy_table(series, **extra)
     metrics = energy_metrics(table, scale=conv.energy_scale, n_boot=n_boot, ci=ci, seed=seed)
     n_steps = sum(len(s.valid) for s in series)
-    metrics["zero_velocity_fraction"] = sum(s.n_zero_velocity for s in series) / max(n_steps, 1)
+    n_zero = int(torch.cat([s.valid for s in series]).logical_not().sum())
+    metrics["zero_velocity_fraction"] = n_zero / max(n_steps, 1)
     metrics["repeated_token_fraction"] = float(np.concatenate(repeats).mean())
     width = table["H"].shape[1]
-    return EnergyAnalysis(table, metrics, _pad_int(tokens, width), _pad_int(positions, width))
+    host_table = {name: column.cpu().numpy() for name, column in table.items()}  # the table's one trip to the host
+    return EnergyAnalysis(host_table, metrics, _pad_int(tokens, width), _pad_int(positions, width))
+
+
+def _stats_device(device) -> torch.device:
+    """Where the float64 step table and statistics live: the model's device, except MPS, which has no float64."""
+    device = torch.device(device)
+    return torch.device("cpu") if device.type == "mps" else device
 
 
 def _pad_int(rows, width) -> np.ndarray:
@@ -96,37 +122,44 @@ def _pad_int(rows, width) -> np.ndarray:
     return out
 
 
-def _el_rows(states, targets, series, readout, ppl, device) -> list[np.ndarray]:
-    """Per trajectory, the log-EL residual at each step (NaN at the last step and at zero velocities)."""
-    flat = torch.cat(states).to(device)
+def _el_rows(flat, here, lengths, targets, series, readout, ppl) -> list[torch.Tensor]:
+    """Per trajectory, the log-EL residual at each step (NaN at the last step and at zero velocities).
+
+    ``flat`` (Σ T_i, d) holds every state on the read-out's device, ``here`` the same on the table's device.
+    """
     if ppl == "realized":
-        goal = torch.cat(targets).to(device)
+        goal = torch.cat(targets).to(flat.device)
     else:
         with torch.no_grad():
             goal = torch.cat([readout(flat[s:s + 256]).argmax(-1) for s in range(0, flat.shape[0], 256)])
-    grads = logprob_gradients(flat, goal, readout).cpu().split([h.shape[0] for h in states])
-    rows = []
-    for h, g, s in zip(states, grads, series):
-        rel, ok = log_el_residual(h, g, torch.from_numpy(s.valid))
-        row = np.full(len(s.valid), np.nan)
-        row[:-1] = np.where(ok.numpy(), rel.numpy(), np.nan)
-        rows.append(row)
-    return rows
+    grads = logprob_gradients(flat, goal, readout).to(here.device)  # (Σ T_i, d)
+    # All trajectories in one call: the velocities across trajectory boundaries are marked invalid, so no
+    # residual reads them, and every other residual is the one of its own trajectory.
+    rows = step_rows(lengths, here.device)  # (M,) velocity rows inside a trajectory
+    valid = torch.zeros(here.shape[0] - 1, dtype=torch.bool, device=here.device)
+    valid.index_copy_(0, rows, torch.cat([s.valid for s in series]))
+    rel, ok = log_el_residual(here, grads, valid)  # (Σ T_i - 2,): rel[r] needs velocity rows r and r + 1
+    # Step row r (velocity h_{r+1} - h_r) has its residual at rel[r]; a trajectory's last step has none (its
+    # next velocity row is a boundary, or there is none at the very end).
+    per_step = torch.cat([rel.masked_fill(~ok, math.nan), rel.new_full((1,), math.nan)])  # (Σ T_i - 1,)
+    return list(per_step.index_select(0, rows).split([n - 1 for n in lengths]))
 
 
-def _attractor_rows(states, series, readout, conv: EnergyConventions, seed: int, device) -> list[np.ndarray]:
-    """Per trajectory, unique argmax tokens on the segment h_{t-1} -> h_t of each step (a seeded subset)."""
+def _attractor_column(flat, lengths, series, readout, conv: EnergyConventions, seed: int,
+                      stats_device) -> torch.Tensor:
+    """(B, n) unique argmax tokens on the segment h_{t-1} -> h_t of each step (a seeded subset), NaN elsewhere."""
     index = [(i, j) for i, s in enumerate(series) for j in range(len(s.valid))]
     rng = np.random.default_rng(seed)
     if len(index) > conv.attractor_max_segments:
         chosen = rng.choice(len(index), conv.attractor_max_segments, replace=False)
         index = [index[k] for k in sorted(chosen)]
-    rows = [np.full(len(s.valid), np.nan) for s in series]
+    width = max(len(s.valid) for s in series)
+    column = torch.full((len(series), width), math.nan, dtype=torch.float64, device=stats_device)
     if not index:
-        return rows
-    h0 = torch.stack([states[i][j] for i, j in index]).to(device)
-    h1 = torch.stack([states[i][j + 1] for i, j in index]).to(device)
-    counts = attractor_unique_tokens(h0, h1, readout, conv.attractor_points).cpu().numpy()
-    for (i, j), c in zip(index, counts):
-        rows[i][j] = c
-    return rows
+        return column
+    start = np.cumsum([0, *lengths[:-1]])  # row of each trajectory's first state in ``flat``
+    at = torch.tensor([start[i] + j for i, j in index], device=flat.device)  # (N,) rows of h_{t-1}
+    counts = attractor_unique_tokens(flat[at], flat[at + 1], readout, conv.attractor_points)  # (N,)
+    rows, steps = (torch.tensor(ix, device=stats_device) for ix in zip(*index))
+    column[rows, steps] = counts.to(device=stats_device, dtype=torch.float64)
+    return column

@@ -2,15 +2,34 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from ..checks import check_choice, check_range
 from ..mechanics.nulls import group_paths, permutation_test, permuted
 from ..mechanics.sphere import path_excess, sphere_kinematics
 
 RADII = ("unit", "sqrt_d")
 NULL_STATS = ("step_angle", "covariant_acceleration", "geodesic_curvature", "el_residual", "path_excess")
+HEADLINE = ("n_paths", "n_steps", "mean_step_angle", "mean_covariant_acceleration", "median_geodesic_curvature",
+            "mean_el_residual", "mean_path_excess", "action_per_step", "mean_norm", "norm_cv", "radial_fraction",
+            *(f"z_{s}" for s in NULL_STATS), *(f"p_{s}" for s in NULL_STATS))
+
+
+@dataclass(frozen=True)
+class SphereConventions:
+    """The hypersphere analysis's own settings (the paths and the null are ``PathConventions``)."""
+
+    CHOICES = {"radius": RADII}
+
+    radius: str = "unit"  # sphere radius for the action: unit, or sqrt_d (the scale of an RMS-normed state)
+    window: int = 8  # steps per window of the path-length excess
+
+    def __post_init__(self):
+        check_choice("radius", self.radius, RADII)
+        check_range("window", self.window, low=1)
 
 
 def _pooled(groups, window: int) -> dict[str, np.ndarray]:

@@ -1,11 +1,29 @@
 """STP (Semantic Tube Prediction) kinematics of paths against a permutation null: trajectories in, metrics out."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 
+from ..checks import check_range
 from ..mechanics.kinematics import random_spans, span_stp_loss, triplet_kinematics
 from ..mechanics.nulls import group_paths, permutation_test, permuted
+
+HEADLINE = ("n_triplets", "identity_max_abs_error", "branch_cos_nonnegative", "branch_cos_negative",
+            "decelerating_fraction", "tangential_normal_ratio", "mean_a_parallel", "mean_a_perp", "mean_stp_loss",
+            "span_stp_loss", "z_tangential", "z_normal", "p_tangential", "p_normal")
+SPAN_CONVENTION = "before=h_s-h_0, patch=h_e-h_s, after=h_{T-1}-h_e"
+
+
+@dataclass(frozen=True)
+class StpConventions:
+    """The STP analysis's own setting (the paths and the null are ``PathConventions``)."""
+
+    n_spans: int = 16  # random spans per path for the span form of STP
+
+    def __post_init__(self):
+        check_range("n_spans", self.n_spans, low=1)
 
 
 def _pooled(groups) -> dict[str, np.ndarray]:

@@ -1,24 +1,22 @@
-"""The ``lagrangian-lens`` command: ``models``, ``energy``, ``stp``, ``sphere``, ``report``, ``train``, ``sample``, ``eval``.
+"""The ``lagrangian-lens`` command: ``models``, one subcommand per registered experiment, ``report``, and the
+training commands ``train``, ``sample``, ``eval``.
 
-``main(argv)`` runs in-process (tests call it directly) and returns the exit status.
+``main(argv)`` runs in-process (tests call it directly) and returns the exit status. It is the one place that
+speaks in flags: it turns a ``LensError``'s setting names into option names, and catches nothing else, so a
+real bug keeps its traceback.
 """
 from __future__ import annotations
 
 import argparse
 import sys
 
-import numpy as np
-
-from ..errors import LensError
-from ..experiments import energy, separator, sphere, stp
-from ..experiments.energy import EnergyConfig, run_energy
-from ..experiments.separator import SeparatorConfig, run_separator
-from ..experiments.sphere import SphereConfig, run_sphere
-from ..experiments.stp import StpConfig, run_stp
-from ..experiments.tables import format_table, summary_rows
+from .. import __version__
+from ..errors import ConfigError, LensError
+from ..experiments.registry import Experiment, experiments
+from ..experiments.tables import format_table
 from ..models.pretrained.registry import ALIASES
 from ..report import ReportConfig, make_report
-from .args import add_dataclass_arguments, dataclass_from_args
+from .args import add_dataclass_arguments, dataclass_from_args, option_name
 from .training import add_training_commands
 
 RENAME = {"models": "--model"}
@@ -35,25 +33,14 @@ def _cmd_models(args) -> int:
     return 0
 
 
-def _experiment_command(cls, run, headline):
+def _experiment_command(exp: Experiment):
     def command(args) -> int:
-        cfg = dataclass_from_args(cls, args)
-        entries = run(cfg, progress=not args.quiet)
-        print(format_table(summary_rows(entries, headline)))
-        print(f"\nresults: {cfg.out}/results.json")
+        cfg = dataclass_from_args(exp.config, args)
+        results = exp.execute(cfg, progress=not args.quiet)
+        print(exp.summarise(results))
+        print(f"\nresults: {args.out}/results.json")
         return 0
     return command
-
-
-def _cmd_separator(args) -> int:
-    cfg = dataclass_from_args(SeparatorConfig, args)
-    results = run_separator(cfg, progress=not args.quiet)
-    print(format_table(separator.summary_rows(results)))
-    o = results["oracle"]
-    print(f"\noracle on SPLM: median R² {o['median']:.4f}; α {np.round(o['alpha'], 4).tolist()} "
-          f"(expected {o['alpha_expected']:.4f}); β {np.round(o['beta'], 4).tolist()} (expected {o['beta_expected']:.4f})")
-    print(f"\nresults: {cfg.out}/results.json")
-    return 0
 
 
 def _cmd_report(args) -> int:
@@ -64,48 +51,53 @@ def _cmd_report(args) -> int:
     return 0
 
 
-COMMANDS = {  # name: (config class, command, help)
-    "energy": (EnergyConfig, _experiment_command(EnergyConfig, run_energy, energy.HEADLINE),
-               "point-perplexity energy of models (and random twins)"),
-    "stp": (StpConfig, _experiment_command(StpConfig, run_stp, stp.HEADLINE),
-            "STP kinematics: acceleration identity, deceleration, permutation null"),
-    "sphere": (SphereConfig, _experiment_command(SphereConfig, run_sphere, sphere.HEADLINE),
-               "hypersphere geodesic diagnostics against a permutation null"),
-    "separator": (SeparatorConfig, _cmd_separator,
-                  "shared-potential separator: SPLM vs matched GPT vs a pretrained model"),
-    "report": (ReportConfig, _cmd_report, "the main job: every analysis, one self-contained report.html"),
-}
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lagrangian-lens", description="Mechanics of language models.")
+    parser.add_argument("--version", action="version", version=f"lagrangian-lens {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("models", help="list model aliases and whether each is available offline").set_defaults(
         func=_cmd_models)
-    add_training_commands(sub)
-    for name, (cls, func, text) in COMMANDS.items():
+    commands = [(e.name, e.config, e.help, _experiment_command(e)) for e in experiments().values()]
+    commands.append(("report", ReportConfig, "the main job: every analysis, one self-contained report.html",
+                     _cmd_report))
+    for name, config, text, func in commands:
         p = sub.add_parser(name, help=text, description=text)
-        add_dataclass_arguments(p, cls, rename=RENAME)
-        p.add_argument("--quiet", action="store_true", help="no progress bars")
+        add_dataclass_arguments(p, config, rename=RENAME, skip=getattr(config, "FIXED", frozenset()))
+        p.add_argument("--quiet", action="store_true", help="no progress bars (resume notices still print)")
         p.set_defaults(func=func)
+    add_training_commands(sub)
     return parser
+
+
+def explain(exc: LensError) -> str:
+    """The error as one line, with the setting names it involves shown as the flags that set them."""
+    message = str(exc)
+    if isinstance(exc, ConfigError):
+        return f"{option_name(exc.field, RENAME)}: {message.removeprefix(exc.field + ': ')}"
+    flags = [option_name(o, RENAME) for o in exc.options]
+    return message + (f" (options: {', '.join(flags)})" if flags else "")
+
+
+def _quiet() -> None:
+    from huggingface_hub.utils import disable_progress_bars
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # the GGUF de-quantisation bar among them
+    disable_progress_bars()
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if getattr(args, "quiet", False):
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()
+        _quiet()
     try:
         return args.func(args)
     except KeyboardInterrupt:
-        out = getattr(args, "out", None)
-        print(f"\ninterrupted: finished runs are kept in {out}; run the same command again to resume.",
-              file=sys.stderr)
+        print(f"\ninterrupted: finished runs are kept in {getattr(args, 'out', None) or 'the output folder'}; "
+              "run the same command again to resume.", file=sys.stderr)
         return 130
-    except (LensError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except LensError as exc:
+        print(f"error: {explain(exc)}", file=sys.stderr)
         return 2
 
 

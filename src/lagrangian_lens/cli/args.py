@@ -12,7 +12,9 @@ import argparse
 import ast
 import dataclasses
 import inspect
+import io
 import textwrap
+import tokenize
 import typing
 
 
@@ -25,13 +27,21 @@ def field_docs(cls) -> dict[str, str]:
 
 
 def _own_field_docs(cls) -> dict[str, str]:
-    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
-    body = tree.body[0].body
+    """The string literal under each field, or else the comment at the end of its line."""
+    source = textwrap.dedent(inspect.getsource(cls))
+    lines = source.splitlines()
+    body = ast.parse(source).body[0].body
     docs = {}
-    for node, nxt in zip(body, body[1:]):
-        if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and isinstance(nxt, ast.Expr)
-                and isinstance(nxt.value, ast.Constant) and isinstance(nxt.value.value, str)):
+    for node, nxt in zip(body, [*body[1:], None]):
+        if not (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)):
+            continue
+        if (isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant) and isinstance(nxt.value.value, str)):
             docs[node.target.id] = " ".join(nxt.value.value.split())
+        else:
+            comments = [t.string for t in tokenize.generate_tokens(io.StringIO(lines[node.end_lineno - 1]).readline)
+                        if t.type == tokenize.COMMENT]
+            if comments:
+                docs[node.target.id] = comments[-1].lstrip("#").strip()
     return docs
 
 
@@ -54,20 +64,23 @@ def _choices(hint) -> tuple | None:
 
 
 def add_dataclass_arguments(parser: argparse.ArgumentParser, cls, *, rename: dict[str, str] | None = None,
-                            instance=None, skip: frozenset[str] = frozenset()) -> None:
+                            instance=None, skip: frozenset[str] = frozenset(), _seen: set | None = None) -> None:
     """One option per leaf field: bools become --flag/--no-flag, list[X] repeatable, X | None optional.
 
-    ``instance`` supplies the defaults shown in the help (a composed config's own defaults for its parts).
+    ``instance`` supplies the defaults shown in the help (a composed config's own defaults for its parts). A
+    leaf name that two parts share (a report's ``site``) is one option that sets both.
     """
     docs, hints = field_docs(cls), typing.get_type_hints(cls)
     instance = instance if instance is not None else cls()
+    seen = _seen if _seen is not None else set()
     for f in dataclasses.fields(cls):
-        if f.name in skip or not f.init:
+        if f.name in skip or not f.init or f.name in seen:
             continue
         hint, default = hints[f.name], _default(f, instance)
         if dataclasses.is_dataclass(hint) or dataclasses.is_dataclass(default):
-            add_dataclass_arguments(parser, type(default), rename=rename, instance=default, skip=skip)
+            add_dataclass_arguments(parser, type(default), rename=rename, instance=default, skip=skip, _seen=seen)
             continue
+        seen.add(f.name)
         choices = getattr(cls, "CHOICES", {}).get(f.name)
         help_text = docs.get(f.name, "")
         if choices:
@@ -78,7 +91,7 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls, *, rename: dic
         if hint is bool:
             parser.add_argument(option, action=argparse.BooleanOptionalAction, **kwargs)
         elif typing.get_origin(hint) is list:
-            parser.add_argument(option, action="append", type=args[0], metavar=args[0].__name__.upper(), **kwargs)
+            parser.add_argument(option, action="append", type=args[0], metavar=option.lstrip("-").replace("-", "_").upper(), **kwargs)
         else:
             base = next((a for a in args if a is not type(None)), hint)
             base = str if base is typing.Any or not callable(base) else base

@@ -83,7 +83,7 @@ def corpus_path(name: str, path: str | os.PathLike | None = None, *, download: b
     else:
         reason = "downloads are off"
     raise DataError(
-        f"corpus {name!r} not found and {reason}.\nFix: save {corpus.url}"
+        f"corpus {name!r} not found and {reason}. Fix: save {corpus.url}"
         + (f" (member {corpus.member})" if corpus.member else "")
         + f" as {corpus.filenames[0]!r} in a directory named by ${DATA_ENV} (searched: "
         + ", ".join(map(str, dirs)) + "), or pass its path explicitly."

@@ -11,16 +11,19 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from ..analysis.energy import EnergyAnalysis, EnergyConventions, analyse_energy
+from ..errors import ConfigError, TrajectoryError
 from ..mechanics.stats import normalise_by_row_mean_exp, steps_diff
-from ..trajectories import readout, save_trajectories
+from ..trajectories import Site, readout
+from .config import BootstrapConfig, RunConfig, TrajectoryConfig
 from .energy_figures import energy_figures
-from .runner import RunConfig, collect_trajectories, run_models
+from .registry import Experiment, register
+from .runner import Stage
 from .section import FigureBlock, Section, TableBlock, conventions_table
 from .tables import summary_rows
 
@@ -29,62 +32,61 @@ HEADLINE = ("global_cv", "avg_trajectory_cv", "cv_of_trajectory_means", "mean_lo
             "zero_velocity_fraction", "repeated_token_fraction", "n_trajectories", "n_steps")
 DETAIL = ("mean_log_kinetic", "mean_log_ppl", "mean_delta_h", "mean_delta_e_norm", "mean_abs_delta_e_norm",
           "drift_e_norm", "mean_entropy", "entropy_variance", "el_residual_mean", "attractor_unique_tokens_sem")
+MIN_STEPS = 3  # states along the analysed span: 2 velocities give one ΔH and one Euler–Lagrange residual
 
 
 @dataclass
-class EnergyConfig(RunConfig):
-    """Settings of an energy run: the shared ones, then the energy paper's conventions."""
+class EnergyConfig:
+    """Settings of an energy run: the models and prompts, the trajectories, the paper's conventions, the intervals."""
 
-    ppl: str = "realized"
-    """PPL_t from the realized token or from the argmax token (p_max); equal under greedy decoding."""
-    span: str = "continuation"
-    """Analyse the continuation only, or all positions (prompt included)."""
-    energy_scale: str = "log"
-    """Take the CVs of H = ln E (log) or of E (linear)."""
-    zero_velocity_rtol: float = 1e-6
-    """A step with ‖v‖ <= rtol·‖h‖ counts as zero velocity and is excluded."""
-    attractor_points: int = 11
-    """Points on each segment of the neighbouring-attractor test (11: α = 0, 0.1, ..., 1)."""
-    attractor_max_segments: int = 2000
-    """At most this many segments get the attractor test (a seeded random subset)."""
-    n_bootstrap: int = 1000
-    """Bootstrap resamples of trajectories for every confidence interval."""
-    ci: float = 0.95
-    """Confidence level of the intervals."""
-    out: str = "runs/energy"
-    """Output folder."""
+    run: RunConfig = field(default_factory=lambda: RunConfig(out="runs/energy"))
+    trajectories: TrajectoryConfig = field(default_factory=TrajectoryConfig)
+    conventions: EnergyConventions = field(default_factory=EnergyConventions)
+    bootstrap: BootstrapConfig = field(default_factory=BootstrapConfig)
 
     def __post_init__(self):
-        super().__post_init__()
-        self.conventions()  # validates ppl, span, scale
-
-    def conventions(self) -> EnergyConventions:
-        return EnergyConventions(self.site, self.ppl, self.span, self.energy_scale, self.zero_velocity_rtol,
-                                 self.attractor_points, self.attractor_max_segments)
+        check_span(self.trajectories, self.conventions)
 
 
-def run_energy(cfg: EnergyConfig, *, progress: bool = True) -> list[dict]:
-    """Run (or resume) every model of ``cfg``; returns the results entries, also in ``out/results.json``."""
+def check_span(traj: TrajectoryConfig, conv: EnergyConventions) -> None:
+    """The analysed span must hold at least 3 states, whatever the text; known before any model loads."""
+    if conv.span == "continuation" and traj.trajectory == "generated" and traj.new_tokens < MIN_STEPS:
+        raise ConfigError("new_tokens", f"the energy of a generated continuation needs at least {MIN_STEPS} new "
+                                        f"tokens (2 velocities give one ΔH and one Euler–Lagrange residual); got "
+                                        f"{traj.new_tokens}")
+    if traj.trajectory == "teacher-forced" and conv.span == "continuation" and traj.max_tokens and \
+            traj.max_tokens < traj.context_tokens + MIN_STEPS:
+        raise ConfigError("max_tokens", f"texts cut to {traj.max_tokens} tokens leave fewer than {MIN_STEPS} "
+                                        f"after {traj.context_tokens} context tokens")
 
-    def analyse(loaded, prompts: list[str], run_dir: Path) -> dict:
-        trajectories = collect_trajectories(cfg, loaded, prompts, sites=cfg.site, progress=progress)
-        short = [i for i, t in enumerate(trajectories) if t.n_positions - t.n_context < 2]
-        if cfg.span == "continuation" and short:
-            raise ValueError(
-                f"teacher-forced prompt(s) {short[:10]} have no continuation after {cfg.context_tokens} context "
-                "tokens; use longer texts (e.g. --prompts wikitext-2-test), a smaller --context-tokens, or --span all"
-            )
+
+def canonical_site(site: str, n_blocks: int | None) -> str:
+    """'block.-1' -> 'block.<L-1>' once the model's depth is known."""
+    parsed = Site.parse(site)
+    return str(parsed.resolve(n_blocks)) if parsed.is_depth and n_blocks is not None else str(parsed)
+
+
+def energy_stage(conv: EnergyConventions, boot: BootstrapConfig, seed: int, context_tokens: int) -> Stage:
+    """The energy analysis as a runner stage: it reads the site's states and calls the model's read-out."""
+
+    def analyse(trajectories, loaded, n_blocks) -> dict:
+        c = dataclasses.replace(conv, site=canonical_site(conv.site, n_blocks))
+        short = [i for i, t in enumerate(trajectories) if t.n_positions - t.n_context < MIN_STEPS - 1]
+        if c.span == "continuation" and short:
+            raise TrajectoryError(
+                f"text(s) {short[:10]} have no continuation after {context_tokens} context tokens (fewer than "
+                f"{MIN_STEPS} states are left to analyse): use longer texts (e.g. the corpus wikitext-2-test), "
+                "fewer context tokens, or the span 'all'", options=("prompts", "context_tokens", "span"))
         device = next(loaded.model.parameters()).device
-        analysis = analyse_energy(trajectories, readout(loaded.model, cfg.site), cfg.conventions(),
-                                  n_boot=cfg.n_bootstrap, ci=cfg.ci, seed=cfg.seed, device=device)
-        write_steps_csv(run_dir / "steps.csv", analysis)
-        if cfg.save_trajectories:
-            save_trajectories(trajectories, run_dir / "trajectories")
-        return {"metrics": analysis.metrics, "conventions": dataclasses.asdict(cfg.conventions())}
+        analysis = analyse_energy(trajectories, readout(loaded.model, c.site), c, n_boot=boot.n_bootstrap,
+                                  ci=boot.ci, seed=seed, device=device)
+        return {"metrics": analysis.metrics, "conventions": dataclasses.asdict(c), "analysis": analysis}
 
-    entries = run_models(cfg, "energy", analyse, progress=progress)
-    energy_figures(Path(cfg.out), entries)
-    return entries
+    def save(run_dir: Path, result: dict) -> None:
+        write_steps_csv(run_dir / "steps.csv", result["analysis"])
+
+    settings = {"conventions": dataclasses.asdict(conv), "bootstrap": dataclasses.asdict(boot)}
+    return Stage("energy", conv.site, settings, analyse, save, needs_model=True)
 
 
 STEP_COLUMNS = ("trajectory", "step", "position", "token_id", "log_kinetic", "log_ppl", "log_energy", "entropy",
@@ -152,3 +154,16 @@ def report_section(out: Path, entries: list[dict]) -> Section:
             FigureBlock(fig / "attractor_counts.png", "Unique argmax tokens along the segment between consecutive states."),
         ],
     )
+
+
+EXPERIMENT = register(Experiment(
+    name="energy", help="point-perplexity energy of models (and random twins)", config=EnergyConfig,
+    section=report_section, headline=HEADLINE, figures=energy_figures,
+    stage=lambda cfg: energy_stage(cfg.conventions, cfg.bootstrap, cfg.run.seed, cfg.trajectories.context_tokens),
+    report_stage=lambda cfg: energy_stage(cfg.energy, cfg.bootstrap, cfg.run.seed, cfg.trajectories.context_tokens),
+))
+
+
+def run_energy(cfg: EnergyConfig, *, progress: bool = True) -> list[dict]:
+    """Run (or resume) every model of ``cfg``; returns the results entries, also in ``out/results.json``."""
+    return EXPERIMENT.execute(cfg, progress=progress)

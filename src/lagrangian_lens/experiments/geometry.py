@@ -1,53 +1,39 @@
-"""Paths for the geometry experiments (STP kinematics, hypersphere): along tokens at a site, or along depth.
-
-* ``token`` axis: one path per sequence, h_t at the site for t = skip .. T-1 (generated: the continuation).
-* ``depth`` axis: one path per token, h_l for l = embed, block.0, ..., block.L-1 (the raw residual stream;
-  a ``final`` site, after the final norm, lives in another space and is left out).
-
-The first ``skip_positions`` positions are dropped by default: position 0 often holds an attention-sink
-state whose norm dwarfs the rest, and one outlier would dominate every mean.
-"""
+"""What the geometry experiments (STP kinematics, hypersphere) share: their trajectory defaults and the stage
+that turns trajectories into paths, runs an analysis on them and keeps its per-step arrays."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+import dataclasses
+from collections.abc import Callable
+from pathlib import Path
 
-from ..analysis.geometry import AXES, paths_from_trajectories
-from .runner import RunConfig, collect_trajectories
+import numpy as np
 
-
-@dataclass
-class GeometryConfig(RunConfig):
-    """Settings shared by the geometry experiments (stp, sphere)."""
-
-    axis: str = "token"
-    """token: h_t along positions at --site; depth: h_l along layers, one path per token."""
-    trajectory: str = "teacher-forced"
-    """teacher-forced (the text itself) or generated (the model's own continuation)."""
-    max_tokens: int = 64
-    """Teacher-forced texts are cut to their first this-many tokens."""
-    skip_positions: int = 1
-    """Drop the first this-many positions (attention-sink states with outsized norms)."""
-    n_permutations: int = 100
-    """Shuffles of the order within each path for the permutation null."""
-
-    def __post_init__(self):
-        super().__post_init__()
-        if self.axis not in AXES:
-            raise ValueError(f"axis must be one of {AXES}, got {self.axis!r}")
-        if self.skip_positions < 0:
-            raise ValueError(f"skip_positions must be >= 0, got {self.skip_positions}")
+from ..analysis.geometry import PathConventions
+from .config import TrajectoryConfig
+from .energy import canonical_site
+from .runner import Stage
 
 
-def collect_paths(cfg: GeometryConfig, loaded, prompts: list[str], progress: bool = False):
-    """(paths, trajectories) for ``cfg.axis``; the depth axis records every block (``all``)."""
-    sites = cfg.site if cfg.axis == "token" else "all"
-    trajectories = collect_trajectories(cfg, loaded, prompts, sites=sites, max_tokens=cfg.max_tokens,
-                                        progress=progress)
-    site = cfg.site if cfg.axis == "token" else None
-    return paths_from_trajectories(trajectories, cfg.axis, site, cfg.skip_positions), trajectories
+def geometry_trajectories() -> TrajectoryConfig:
+    """The geometry default: teacher-forced text cut to 64 tokens (the text itself is the path)."""
+    return TrajectoryConfig(trajectory="teacher-forced", max_tokens=64)
 
 
-def geometry_conventions(cfg: GeometryConfig) -> dict:
-    return {"axis": cfg.axis, "site": cfg.site if cfg.axis == "token" else "all (embed + every block)",
-            "max_tokens": cfg.max_tokens, "skip_positions": cfg.skip_positions,
-            "n_permutations": cfg.n_permutations}
+def path_stage(name: str, paths: PathConventions, own: object, analyse: Callable[..., tuple[dict, dict]],
+               arrays_file: str, seed: int) -> Stage:
+    """A stage that analyses the paths of ``paths`` with ``analyse(paths, n_permutations=, seed=, **own)``."""
+
+    def run(trajectories, loaded, n_blocks) -> dict:
+        conv = dataclasses.replace(paths, site=canonical_site(paths.site, n_blocks))
+        metrics, arrays = analyse(conv.paths(trajectories), n_permutations=conv.n_permutations, seed=seed,
+                                  **dataclasses.asdict(own))
+        conventions = {**dataclasses.asdict(conv), **dataclasses.asdict(own)}
+        if conv.axis == "depth":
+            conventions["site"] = "all (embed + every block)"
+        return {"metrics": metrics, "conventions": conventions, "arrays": arrays}
+
+    def save(run_dir: Path, result: dict) -> None:
+        np.savez_compressed(run_dir / arrays_file, **result["arrays"])
+
+    settings = {"paths": dataclasses.asdict(paths), "own": dataclasses.asdict(own)}
+    return Stage(name, paths.sites, settings, run, save)

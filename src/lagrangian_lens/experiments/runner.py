@@ -1,22 +1,26 @@
-"""What every experiment shares: the common settings, the list of runs, trajectory collection, and a
-resumable loop over models that writes each finished run to disk before the next model starts.
+"""The resumable loop every per-model experiment shares: plan the runs, collect each model's trajectories once,
+run every stage on them, and write each finished run to disk before the next model loads.
 
-Output folder of any experiment::
+A *stage* is one per-model analysis (energy, STP, hypersphere, ...). Its resume key is a hash of exactly what
+it reads: the model's content identity, the prompts' text, the trajectory settings, the sites it records and
+its own settings. A finished stage whose key matches is kept; a stage whose settings changed is redone, and
+the model is loaded again only when trajectories must be collected anew or the stage calls the model.
 
-    DIR/run.json            config, result key, environment, git sha (rewritten at every start)
-    DIR/results.json        one entry per finished run: model, weights, metrics, conventions, versions
-    DIR/<run>/result.json   the same entry, written last: its presence marks the run finished
+Output of a stage, in its folder (the run folder, or ``<out>/<stage>`` inside a report)::
 
-A rerun of the same command skips every run whose ``result.json`` has the same result key, so an interrupted
-run resumes where it stopped; a run made with other settings is redone.
+    <folder>/results.json           one entry per finished run
+    <folder>/<run>/result.json      the same entry, written last: its presence (and key) marks the run finished
+    <folder>/<run>/trajectories.*   the collected trajectories (when kept), with their own key
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import gc
 import hashlib
 import json
 import re
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,160 +28,242 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from ..data import load_prompts
-from ..models import DEFAULT_MODEL, load_model
-from ..models.pretrained.loading import RANDOM_PREFIX
-from ..provenance import environment, package_versions, read_json, write_json
-from ..trajectories import Decoding, extract, generate
-from ..trajectories.trajectory import MODES
+from ..data import CORPORA, load_prompts
+from ..errors import RunFolderError, UnsupportedArchitectureError
+from ..models import LoadedModel, load_model
+from ..models.pretrained.architectures import blocks
+from ..models.pretrained.loading import param_fingerprint
+from ..models.pretrained.random_init import build_random
+from ..models.spec import ModelSpec
+from ..provenance import claim_run_folder, environment, inside, package_versions, read_json, write_json
+from ..trajectories import Decoding, Site, Trajectory, extract, generate, load_trajectories, save_trajectories
+from .config import RunConfig, TrajectoryConfig, resolve_device
+
+CORPUS_DEFAULT_PROMPTS = 32
 
 
-@dataclass
-class RunConfig:
-    """Settings shared by every experiment. Every field is also a command-line option."""
-
-    models: list[str] = field(default_factory=lambda: [DEFAULT_MODEL])
-    """Model specs: alias, hub id, local directory, .gguf path, or random:<spec>."""
-    random_twins: bool = False
-    """Also run a random-weight twin of every pretrained model."""
-    init: str = "hf"
-    """Random-twin initialisation: hf (the library's _init_weights), torch (reset_parameters) or shuffled."""
-    prompts: str = "default"
-    """Prompt source: 'default' (shipped set), a corpus name (wikitext-2-test, tinystories, tiny-shakespeare) or a file with one prompt per line."""
-    n_prompts: int = 32
-    """How many prompts to take from the source, in its order."""
-    context_tokens: int = 50
-    """Prompts are cut to their first this-many tokens."""
-    new_tokens: int = 100
-    """Tokens generated after each prompt (teacher-forced: tokens of text analysed after the context)."""
-    trajectory: str = "generated"
-    """generated (the model's own continuation) or teacher-forced (the text's continuation)."""
-    decoding: str = "greedy"
-    """greedy or sample."""
-    temperature: float = 1.0
-    """Sampling temperature (decoding=sample)."""
-    top_k: int = 0
-    """Sample among the top-k tokens, 0 for all (decoding=sample)."""
-    site: str = "final"
-    """Where h_t is read: final, embed or block.<l>."""
-    batch_size: int = 16
-    """Sequences per forward pass."""
-    seed: int = 0
-    """Seeds random twins, sampling, subsets, nulls and the bootstrap."""
-    dtype: str = "float32"
-    """Model dtype: float32, bfloat16 or float16."""
-    device: str = "auto"
-    """cpu, cuda, cuda:N, or auto (cuda when available)."""
-    device_map: str | None = None
-    """'auto' spreads a model too big for one device over all devices."""
-    trust_remote_code: bool = False
-    """Allow a hub model's own Python code to run."""
-    save_trajectories: bool = True
-    """Keep the analysed states of every run (safetensors) for later re-analysis."""
-    out: str = "runs/experiment"
-    """Output folder."""
-
-    # Settings that never change a run's numbers (beyond float tolerance): not part of the result key.
-    NOT_IN_RESULT_KEY = frozenset({"models", "random_twins", "out", "batch_size", "device", "device_map",
-                                   "save_trajectories"})
-
-    def __post_init__(self):
-        if self.trajectory not in MODES:
-            raise ValueError(f"trajectory must be one of {MODES}, got {self.trajectory!r}")
-        if not self.models:
-            raise ValueError("give at least one model")
-        self.decoding_rule()  # validates decoding, temperature
-
-    def decoding_rule(self) -> Decoding:
-        return Decoding(self.decoding, self.temperature, self.top_k, self.seed)
-
-    def result_key(self) -> str:
-        """Hash of the settings that change a run's numbers; a finished run with another key is redone."""
-        settings = {k: v for k, v in dataclasses.asdict(self).items() if k not in self.NOT_IN_RESULT_KEY}
-        settings["experiment"] = type(self).__name__
-        return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+def digest(obj) -> str:
+    """A short sha256 of a JSON-able object (keys sorted)."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 @dataclass(frozen=True)
-class RunSpec:
-    spec: str  # what load_model receives
-    weights: str  # "pretrained" or "random"
+class Stage:
+    """One per-model analysis: the sites it records, the settings it reads, and what it does with trajectories."""
 
-    @property
-    def name(self) -> str:
-        spec = self.spec.removeprefix(RANDOM_PREFIX).rstrip("/")
-        if "/" in spec and Path(spec).expanduser().exists():  # a local path: its last component names it
-            spec = Path(spec).name
-        return re.sub(r"[^A-Za-z0-9_.-]+", "-", spec).strip("-.") + f"__{self.weights}"
-
-
-def plan_runs(cfg: RunConfig) -> list[RunSpec]:
-    runs = []
-    for spec in cfg.models:
-        is_random = spec.startswith(RANDOM_PREFIX)
-        runs.append(RunSpec(spec, "random" if is_random else "pretrained"))
-        if cfg.random_twins and not is_random:
-            runs.append(RunSpec(RANDOM_PREFIX + spec, "random"))
-    return list(dict.fromkeys(runs))
+    name: str  # its experiment name, and its folder inside a report
+    sites: str  # the sites it needs ('final', 'block.-1', 'all'), resolved against each model
+    settings: dict  # every setting the analysis reads: with the trajectories' key, its resume key
+    analyse: Callable[[list[Trajectory], LoadedModel | None, int | None], dict]  # -> {"metrics", "conventions", ...}
+    save: Callable[[Path, dict], None] = lambda run_dir, result: None  # per-run files from analyse's output
+    needs_model: bool = False  # the analysis calls the model (e.g. its read-out), not only the trajectories
 
 
-def collect_trajectories(cfg: RunConfig, loaded, prompts: list[str], *, sites: str, max_tokens: int | None = None,
-                         progress: bool = False):
-    """Generated or teacher-forced trajectories of ``prompts`` at ``sites``, as ``cfg`` says.
+@dataclass(frozen=True)
+class RunPlan:
+    """One model to run: parsed from a spec string, or a model the caller loaded (``loaded``)."""
 
-    Teacher-forced texts are cut to ``max_tokens`` (default: context + new tokens), with the first
-    ``context_tokens`` marked as context.
-    """
-    meta = {"model": loaded.description.label}
-    if cfg.trajectory == "generated":
-        return generate(loaded.model, loaded.tokenizer, prompts, new_tokens=cfg.new_tokens,
-                        context_tokens=cfg.context_tokens, sites=sites, decoding=cfg.decoding_rule(),
-                        batch_size=cfg.batch_size, progress=progress, metadata=meta)
-    return extract(loaded.model, loaded.tokenizer, prompts, sites=sites,
-                   max_tokens=max_tokens or cfg.context_tokens + cfg.new_tokens, n_context=cfg.context_tokens,
-                   batch_size=cfg.batch_size, progress=progress, metadata=meta)
+    name: str  # its folder name, unique per model identity
+    label: str  # what the results call it
+    weights: str  # 'pretrained' or 'random'
+    spec: ModelSpec | None = None  # None for a model loaded by the caller
+    loaded: LoadedModel | None = field(default=None, compare=False, repr=False)
+    twin_of: LoadedModel | None = field(default=None, compare=False, repr=False)  # random twin of a loaded model
+
+    def identity(self) -> dict:
+        if self.spec is not None:
+            return self.spec.identity()
+        source = self.loaded or self.twin_of
+        return {"in_memory": source.description.param_fingerprint or param_fingerprint(source.model),
+                "weights": self.weights}
 
 
-Analyse = Callable[[object, list[str], Path], dict]  # (loaded model, prompts, run dir) -> {"metrics", "conventions", ...}
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-.") or "model"
 
 
-def run_models(cfg: RunConfig, experiment: str, analyse: Analyse, *, progress: bool = True) -> list[dict]:
-    """Run (or resume) ``analyse`` on every model of ``cfg``; returns the entries, also in ``out/results.json``."""
-    out = Path(cfg.out)
-    prompts = load_prompts(cfg.prompts, cfg.n_prompts)
-    write_json(out / "run.json", {"experiment": experiment, "config": dataclasses.asdict(cfg),
-                                  "result_key": cfg.result_key(), "environment": environment()})
-    entries = []
-    for run in tqdm(plan_runs(cfg), desc=f"{experiment}: models", disable=not progress):
-        finished = out / run.name / "result.json"
-        if finished.is_file() and read_json(finished).get("result_key") == cfg.result_key():
-            entries.append(read_json(finished))
-            if progress:
-                tqdm.write(f"[resume] {run.name}: finished earlier, kept")
+def plan_runs(cfg: RunConfig) -> list[RunPlan]:
+    """Every model of ``cfg``, each followed by its random twin when asked; duplicates once."""
+    plans: list[RunPlan] = []
+    for m in cfg.models:
+        if isinstance(m, LoadedModel):
+            fp = m.description.param_fingerprint or param_fingerprint(m.model)
+            m.description.param_fingerprint = fp
+            stem = f"{_slug(m.description.spec)}-{fp[:8]}"
+            plans.append(RunPlan(f"{stem}__{m.description.weights}", m.description.spec, m.description.weights,
+                                 loaded=m))
+            if cfg.random_twins and m.description.weights != "random":
+                plans.append(RunPlan(f"{stem}__random", "random:" + m.description.spec, "random", twin_of=m))
             continue
-        entries.append(_run_one(cfg, run, prompts, out / run.name, analyse))
-        write_json(out / "results.json", {"experiment": experiment, "runs": entries})
-    write_json(out / "results.json", {"experiment": experiment, "runs": entries})
+        spec = ModelSpec.parse(m)
+        plans.append(RunPlan(spec.run_name, spec.label, spec.weights, spec))
+        if cfg.random_twins and not spec.random:
+            twin = spec.with_random()
+            plans.append(RunPlan(twin.run_name, twin.label, twin.weights, twin))
+    unique = {p.name: p for p in plans}
+    return list(unique.values())
+
+
+def _load(plan: RunPlan, cfg: RunConfig) -> LoadedModel:
+    if plan.loaded is not None:
+        return plan.loaded
+    if plan.twin_of is not None:
+        source = plan.twin_of
+        pretrained = copy.deepcopy(source.model) if cfg.init == "shuffled" else None  # never permute the caller's
+        model = build_random(source.model.config, init=cfg.init, seed=cfg.seed, dtype=next(source.model.parameters()).dtype,
+                             pretrained=pretrained).to(next(source.model.parameters()).device)
+        desc = dataclasses.replace(source.description, weights="random", init=cfg.init, seed=cfg.seed,
+                                   param_fingerprint=param_fingerprint(model), weights_sha256={}, notes=[
+                                       f"random twin of the in-memory model {source.description.spec}"])
+        return LoadedModel(model, source.tokenizer, desc)
+    return load_model(plan.spec.label, dtype=cfg.dtype, device=resolve_device(cfg.device), device_map=cfg.device_map,
+                      trust_remote_code=cfg.trust_remote_code, init=cfg.init, seed=cfg.seed)
+
+
+def n_blocks_of(model) -> int | None:
+    """The model's number of blocks, or None when its layout is unknown (only the site 'final' then works)."""
+    try:
+        return len(blocks(model))
+    except UnsupportedArchitectureError:
+        return None
+
+
+def resolve_sites(sites: str, n_blocks: int | None) -> str:
+    """'block.-1' -> 'block.<L-1>' (and 'all' as is), so trajectories and results carry canonical names."""
+    return ",".join(s if s in ("all", "final") else str(Site.parse(s, n_blocks if n_blocks is not None else 0))
+                    for s in sites.split(","))
+
+
+def collect_trajectories(traj: TrajectoryConfig, cfg: RunConfig, loaded: LoadedModel, prompts: list[str], *,
+                         sites: str, progress: bool = False) -> list[Trajectory]:
+    """Generated or teacher-forced trajectories of ``prompts`` at ``sites``, as ``traj`` says."""
+    meta = {"model": loaded.description.label, "n_blocks": n_blocks_of(loaded.model)}
+    if traj.trajectory == "generated":
+        top_k = traj.top_k
+        vocab = loaded.model.config.get_text_config().vocab_size
+        if traj.decoding == "sample" and top_k > vocab:
+            print(f"note: top_k {top_k} exceeds the vocabulary of {vocab}; clamped to {vocab}", file=sys.stderr)
+            top_k = vocab
+        return generate(loaded.model, loaded.tokenizer, prompts, new_tokens=traj.new_tokens,
+                        context_tokens=traj.context_tokens, sites=sites,
+                        decoding=Decoding(traj.decoding, traj.temperature, top_k, cfg.seed),
+                        batch_size=cfg.batch_size, progress=progress, metadata=meta)
+    return extract(loaded.model, loaded.tokenizer, prompts, sites=sites, max_tokens=traj.text_tokens,
+                   n_context=traj.context_tokens, batch_size=cfg.batch_size, progress=progress, metadata=meta)
+
+
+def resolve_prompts(cfg: RunConfig) -> list[str]:
+    """The prompts of ``cfg``: n_prompts of them, or all of a file / the shipped set, or 32 of a corpus."""
+    n = cfg.n_prompts or None
+    if n is None and cfg.prompts in CORPORA:
+        n = len(load_prompts(cfg.prompts))
+        n = min(n, CORPUS_DEFAULT_PROMPTS)
+    return load_prompts(cfg.prompts, n)
+
+
+def note(text: str) -> None:
+    """Resume notices always reach the user, --quiet or not: they say why nothing was recomputed."""
+    print(text, file=sys.stderr)
+
+
+def run_stages(cfg: RunConfig, traj: TrajectoryConfig, stages: list[Stage], *, experiment: str, config: object,
+               folders: dict[str, Path] | None = None, progress: bool = True) -> dict[str, list[dict]]:
+    """Run (or resume) every stage on every model of ``cfg``; returns {stage name: entries}.
+
+    ``folders`` maps each stage to its output folder (default: all in ``cfg.out``, for a single stage).
+    """
+    out = claim_run_folder(cfg.out, experiment)
+    prompts = resolve_prompts(cfg)
+    folders = folders or {stages[0].name: out}
+    write_json(out / "run.json", {"experiment": experiment, "config": _plain(config), "seed": cfg.seed,
+                                  "prompts_sha256": digest(prompts), "environment": environment()})
+    for name, folder in folders.items():
+        if folder != out:
+            claim_run_folder(folder, name)
+            write_json(folder / "run.json", {"experiment": name, "part_of": experiment, "config": _plain(config)})
+    sites = ",".join(dict.fromkeys(s.sites for s in stages))
+    base = {"prompts_sha256": digest(prompts), "run": cfg.identity(), "trajectory": dataclasses.asdict(traj),
+            "sites": sites}
+    entries: dict[str, list[dict]] = {s.name: [] for s in stages}
+    for plan in tqdm(plan_runs(cfg), desc=f"{experiment}: models", disable=not progress):
+        _run_plan(plan, cfg, traj, stages, folders, base, prompts, sites, entries, progress)
+        for s in stages:  # finished results are on disk before the next model starts
+            write_json(folders[s.name] / "results.json", {"experiment": s.name, "runs": entries[s.name]})
     return entries
 
 
-def _run_one(cfg: RunConfig, run: RunSpec, prompts: list[str], run_dir: Path, analyse: Analyse) -> dict:
-    loaded = load_model(run.spec, dtype=cfg.dtype, device=cfg.device, device_map=cfg.device_map,
-                        trust_remote_code=cfg.trust_remote_code, init=cfg.init, seed=cfg.seed)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    result = analyse(loaded, prompts, run_dir)
-    common = {"trajectory": cfg.trajectory, "decoding": cfg.decoding, "context_tokens": cfg.context_tokens,
-              "new_tokens": cfg.new_tokens, "n_prompts": len(prompts), "prompts": cfg.prompts,
-              "init": cfg.init if run.weights == "random" else None}
-    entry = {
-        "run": run.name, "model": run.spec.removeprefix(RANDOM_PREFIX), "spec": run.spec, "weights": run.weights,
-        **result, "conventions": {**result.get("conventions", {}), **common},
-        "model_description": loaded.description.to_dict(), "versions": package_versions(),
-        "seed": cfg.seed, "result_key": cfg.result_key(),
-    }
-    write_json(run_dir / "result.json", entry)  # written last: marks the run finished
-    del loaded
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-    return entry
+def _run_plan(plan, cfg, traj, stages, folders, base, prompts, sites, entries, progress) -> None:
+    identity = plan.identity()
+    traj_key = digest({**base, "model": identity})
+    keys = {s.name: digest({"trajectories": traj_key, "stage": s.name, "settings": s.settings}) for s in stages}
+    pending = []
+    for s in stages:
+        finished = inside(folders[s.name], plan.name) / "result.json"
+        entry = read_json(finished) if finished.is_file() else {}
+        if entry and entry.get("run") != plan.name:
+            raise RunFolderError(f"{finished} names the run {entry.get('run')!r}, not its own folder {plan.name!r}: "
+                                 "the file was edited or damaged; delete it to recompute that run")
+        if entry.get("result_key") == keys[s.name]:
+            entries[s.name].append(entry)
+            note(f"[resume] {s.name}/{plan.name}: finished earlier with the same settings, kept")
+        else:
+            pending.append(s)
+    if not pending:
+        return
+    store = inside(folders[stages[0].name], plan.name)
+    loaded, trajectories, description = None, None, None
+    if not any(s.needs_model for s in pending):
+        trajectories, description = _cached_trajectories(store, traj_key)
+    if trajectories is None or any(s.needs_model for s in pending):
+        loaded = _load(plan, cfg)
+        description = loaded.description.to_dict()
+    if trajectories is None:
+        run_sites = resolve_sites(sites, n_blocks_of(loaded.model))
+        trajectories = collect_trajectories(traj, cfg, loaded, prompts, sites=run_sites, progress=progress)
+        if cfg.save_trajectories:
+            store.mkdir(parents=True, exist_ok=True)
+            save_trajectories(trajectories, store / "trajectories")
+            write_json(store / "trajectories.key.json", {"key": traj_key, "model_description": description})
+    n_blocks = trajectories[0].metadata.get("n_blocks") if trajectories else None
+    common = {**{k: v for k, v in dataclasses.asdict(traj).items()}, "prompts": cfg.prompts,
+              "n_prompts": len(prompts), "prompts_sha256": base["prompts_sha256"],
+              "init": cfg.init if plan.weights == "random" else None}
+    for s in pending:
+        run_dir = inside(folders[s.name], plan.name)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        result = s.analyse(trajectories, loaded, n_blocks)
+        s.save(run_dir, result)
+        entry = {"run": plan.name, "model": plan.label.removeprefix("random:"), "spec": plan.label,
+                 "weights": plan.weights, "metrics": result["metrics"],
+                 "conventions": {**result.get("conventions", {}), **common}, "model_identity": identity,
+                 "model_description": description, "versions": package_versions(), "seed": cfg.seed,
+                 "result_key": keys[s.name]}
+        write_json(run_dir / "result.json", entry)  # written last: marks the run finished
+        entries[s.name].append(entry)
+    if loaded is not None and plan.loaded is None:
+        del loaded
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
+def _cached_trajectories(store: Path, key: str):
+    """(trajectories, model description) saved under ``key``, or (None, None)."""
+    marker = store / "trajectories.key.json"
+    if not (marker.is_file() and (store / "trajectories.safetensors").is_file()):
+        return None, None
+    saved = read_json(marker)
+    if saved.get("key") != key:
+        return None, None
+    return load_trajectories(store / "trajectories"), saved.get("model_description")
+
+
+def _plain(config):
+    """A config as JSON-able data, field by field (``dataclasses.asdict`` would deep-copy a loaded model)."""
+    if dataclasses.is_dataclass(config) and not isinstance(config, type):
+        return {f.name: _plain(getattr(config, f.name)) for f in dataclasses.fields(config)}
+    if isinstance(config, dict):
+        return {k: _plain(v) for k, v in config.items()}
+    if isinstance(config, (list, tuple)):
+        return [_plain(v) for v in config]
+    return config.description.label if isinstance(config, LoadedModel) else config

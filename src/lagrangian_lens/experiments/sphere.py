@@ -5,52 +5,35 @@ shuffle, and the norms along the first paths) next to the shared run files, and 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import dataclasses
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from ..analysis.sphere import NULL_STATS, RADII, analyse_sphere
-from .geometry import GeometryConfig, collect_paths, geometry_conventions
+from ..analysis.geometry import PathConventions
+from ..analysis.sphere import HEADLINE, SphereConventions, analyse_sphere
+from .config import RunConfig, TrajectoryConfig
+from .geometry import geometry_trajectories, path_stage
 from .plotting import plt, real_vs_null_grid, run_colour, save
-from .runner import run_models
+from .registry import Experiment, register
+from .runner import Stage
 from .section import FigureBlock, Section, TableBlock, conventions_table
 from .tables import summary_rows
 
-HEADLINE = ("n_paths", "n_steps", "mean_step_angle", "mean_covariant_acceleration", "median_geodesic_curvature",
-            "mean_el_residual", "mean_path_excess", "action_per_step", "mean_norm", "norm_cv", "radial_fraction",
-            *(f"z_{s}" for s in NULL_STATS), *(f"p_{s}" for s in NULL_STATS))
-
 
 @dataclass
-class SphereConfig(GeometryConfig):
-    """Settings of a hypersphere run."""
+class SphereConfig:
+    """Settings of a hypersphere run: models and prompts, trajectories, paths and null, its own settings."""
 
-    radius: str = "unit"
-    """Sphere radius for the action: unit, or sqrt_d (√d, the scale of an RMS-normed state); angles do not depend on it."""
-    window: int = 8
-    """Steps per window of the path-length excess."""
-    out: str = "runs/sphere"
-    """Output folder."""
-
-    def __post_init__(self):
-        super().__post_init__()
-        if self.radius not in RADII:
-            raise ValueError(f"radius must be one of {RADII}, got {self.radius!r}")
+    run: RunConfig = field(default_factory=lambda: RunConfig(out="runs/sphere"))
+    trajectories: TrajectoryConfig = field(default_factory=geometry_trajectories)
+    paths: PathConventions = field(default_factory=PathConventions)
+    sphere: SphereConventions = field(default_factory=SphereConventions)
 
 
-def run_sphere(cfg: SphereConfig, *, progress: bool = True) -> list[dict]:
-    def analyse(loaded, prompts, run_dir: Path) -> dict:
-        paths, _ = collect_paths(cfg, loaded, prompts, progress)
-        metrics, arrays = analyse_sphere(paths, window=cfg.window, radius=cfg.radius,
-                                         n_permutations=cfg.n_permutations, seed=cfg.seed)
-        np.savez_compressed(run_dir / "sphere.npz", **arrays)
-        return {"metrics": metrics,
-                "conventions": {**geometry_conventions(cfg), "radius": cfg.radius, "window": cfg.window}}
-
-    entries = run_models(cfg, "sphere", analyse, progress=progress)
-    sphere_figures(Path(cfg.out), entries)
-    return entries
+def sphere_stage(paths: PathConventions, own: SphereConventions, seed: int) -> Stage:
+    return path_stage("sphere", paths, own, analyse_sphere, "sphere.npz", seed)
 
 
 def sphere_figures(out: Path, entries: list[dict]) -> list[Path]:
@@ -86,3 +69,17 @@ def report_section(out: Path, entries: list[dict]) -> Section:
                              "Step angles, geodesic curvature and EL residuals, real order against one shuffle."),
                  FigureBlock(Path(out) / "figures" / "sphere_radius.png", "Norms ‖h‖ along the first paths of each run.")],
     )
+
+
+EXPERIMENT = register(Experiment(
+    name="sphere", help="hypersphere geodesic diagnostics against a permutation null", config=SphereConfig,
+    section=report_section, headline=HEADLINE, figures=sphere_figures,
+    stage=lambda cfg: sphere_stage(cfg.paths, cfg.sphere, cfg.run.seed),
+    report_stage=lambda cfg: sphere_stage(dataclasses.replace(cfg.paths, axis="token", site=cfg.energy.site), cfg.sphere,
+                                         cfg.run.seed),
+))
+
+
+def run_sphere(cfg, *, progress: bool = True) -> list[dict]:
+    """Run (or resume) every model of ``cfg``; returns the results entries, also in ``out/results.json``."""
+    return EXPERIMENT.execute(cfg, progress=progress)

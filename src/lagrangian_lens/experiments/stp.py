@@ -5,44 +5,35 @@ shuffle, for the figures) next to the shared run files, and ``DIR/figures/*.png`
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import dataclasses
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from ..analysis.stp import analyse_stp
-from .geometry import GeometryConfig, collect_paths, geometry_conventions
+from ..analysis.geometry import PathConventions
+from ..analysis.stp import HEADLINE, StpConventions, analyse_stp
+from .config import RunConfig, TrajectoryConfig
+from .geometry import geometry_trajectories, path_stage
 from .plotting import plt, real_vs_null_grid, run_colour, save
-from .runner import run_models
+from .registry import Experiment, register
+from .runner import Stage
 from .section import FigureBlock, Section, TableBlock, conventions_table
 from .tables import summary_rows
 
-HEADLINE = ("n_triplets", "identity_max_abs_error", "branch_cos_nonnegative", "branch_cos_negative",
-            "decelerating_fraction", "tangential_normal_ratio", "mean_a_parallel", "mean_a_perp", "mean_stp_loss",
-            "span_stp_loss", "z_tangential", "z_normal", "p_tangential", "p_normal")
-
 
 @dataclass
-class StpConfig(GeometryConfig):
-    """Settings of an STP run."""
+class StpConfig:
+    """Settings of an STP run: models and prompts, trajectories, paths and null, its own settings."""
 
-    n_spans: int = 16
-    """Random spans per path for the span form of STP."""
-    out: str = "runs/stp"
-    """Output folder."""
+    run: RunConfig = field(default_factory=lambda: RunConfig(out="runs/stp"))
+    trajectories: TrajectoryConfig = field(default_factory=geometry_trajectories)
+    paths: PathConventions = field(default_factory=PathConventions)
+    stp: StpConventions = field(default_factory=StpConventions)
 
 
-def run_stp(cfg: StpConfig, *, progress: bool = True) -> list[dict]:
-    def analyse(loaded, prompts, run_dir: Path) -> dict:
-        paths, _ = collect_paths(cfg, loaded, prompts, progress)
-        metrics, arrays = analyse_stp(paths, n_permutations=cfg.n_permutations, n_spans=cfg.n_spans, seed=cfg.seed)
-        np.savez_compressed(run_dir / "triplets.npz", **arrays)
-        return {"metrics": metrics, "conventions": {**geometry_conventions(cfg), "n_spans": cfg.n_spans,
-                                                    "span_convention": "before=h_s-h_0, patch=h_e-h_s, after=h_{T-1}-h_e"}}
-
-    entries = run_models(cfg, "stp", analyse, progress=progress)
-    stp_figures(Path(cfg.out), entries)
-    return entries
+def stp_stage(paths: PathConventions, own: StpConventions, seed: int) -> Stage:
+    return path_stage("stp", paths, own, analyse_stp, "triplets.npz", seed)
 
 
 def stp_figures(out: Path, entries: list[dict]) -> list[Path]:
@@ -80,3 +71,17 @@ def report_section(out: Path, entries: list[dict]) -> Section:
                  FigureBlock(Path(out) / "figures" / "stp_identity.png",
                              "STP loss against ‖a⊥‖/‖d2‖: every triplet lies on one of the two identity branches.")],
     )
+
+
+EXPERIMENT = register(Experiment(
+    name="stp", help="STP kinematics: acceleration identity, deceleration, permutation null", config=StpConfig,
+    section=report_section, headline=HEADLINE, figures=stp_figures,
+    stage=lambda cfg: stp_stage(cfg.paths, cfg.stp, cfg.run.seed),
+    report_stage=lambda cfg: stp_stage(dataclasses.replace(cfg.paths, axis="token", site=cfg.energy.site), cfg.stp,
+                                         cfg.run.seed),
+))
+
+
+def run_stp(cfg, *, progress: bool = True) -> list[dict]:
+    """Run (or resume) every model of ``cfg``; returns the results entries, also in ``out/results.json``."""
+    return EXPERIMENT.execute(cfg, progress=progress)

@@ -1,85 +1,89 @@
-"""The main job: run every analysis on a model and its random twin, then write one ``report.html``.
+"""The main job: every registered per-model analysis on a model and its random twin, then one ``report.html``.
 
-The models run once, in the energy experiment, which keeps their trajectories; the geometry analyses
-(STP kinematics, hypersphere) then read those trajectories from disk, along the token axis at the site.
+The report iterates the experiment registry: each experiment with a stage runs on the same trajectories,
+collected once per model, into its own folder ``<out>/<experiment>/``. Each stage resumes on its own key, so
+changing a geometry setting recomputes the geometry only, from the kept trajectories.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
-from ..analysis.geometry import paths_from_trajectories
-from ..experiments import sphere, stp
-from ..experiments.energy import HEADLINE, EnergyConfig, report_section, run_energy
-from ..experiments.separator import report_section as separator_section
-from ..experiments.tables import format_table, summary_rows
-from ..provenance import read_json, write_json
-from ..trajectories import load_trajectories
+from ..analysis.energy import EnergyConventions
+from ..analysis.geometry import PathConventions
+from ..analysis.sphere import SphereConventions
+from ..analysis.stp import StpConventions
+from ..errors import ConfigError
+from ..experiments.config import BootstrapConfig, RunConfig, TrajectoryConfig
+from ..experiments.energy import check_span
+from ..experiments.registry import experiments
+from ..experiments.runner import run_stages
+from ..provenance import read_json
 from .html import provenance_section, write_report
+
+SEPARATOR = "separator"
 
 
 @dataclass
-class ReportConfig(EnergyConfig):
-    """The report's settings: the energy run's, with the random twins on and its own output folder."""
+class ReportConfig:
+    """The report's settings: models and prompts (random twins on), trajectories, and each analysis's own part."""
 
-    random_twins: bool = True
-    """Also run a random-weight twin of every pretrained model."""
-    n_permutations: int = 100
-    """Shuffles per path for the permutation nulls of the geometry sections."""
-    skip_positions: int = 1
-    """Geometry: drop the first this-many positions of each path."""
-    out: str = "runs/report"
-    """Output folder: report.html, results, figures and per-run data."""
-    models: list[str] = field(default_factory=lambda: ["smollm2-135m-instruct"])
-    """Model specs: alias, hub id, local directory, .gguf path, or random:<spec>."""
-    save_trajectories: bool = True
-    """Keep the states (the geometry sections read them back)."""
+    run: RunConfig = field(default_factory=lambda: RunConfig(out="runs/report", random_twins=True))
+    trajectories: TrajectoryConfig = field(default_factory=TrajectoryConfig)
+    energy: EnergyConventions = field(default_factory=EnergyConventions)
+    bootstrap: BootstrapConfig = field(default_factory=BootstrapConfig)
+    paths: PathConventions = field(default_factory=PathConventions)
+    stp: StpConventions = field(default_factory=StpConventions)
+    sphere: SphereConventions = field(default_factory=SphereConventions)
     separator: str | None = None
     """Add the shared-potential separator section from this finished `separator` run folder."""
 
+    # The geometry sections run along tokens at the energy site, on the energy's trajectories.
+    FIXED = frozenset({"axis"})
 
-def _geometry(cfg: ReportConfig, entries: list[dict]) -> tuple[list[dict], list[dict]]:
-    """STP and sphere entries for every energy run, from its saved trajectories (token axis)."""
-    out = Path(cfg.out)
-    conv = {"axis": "token", "site": cfg.site, "trajectory": cfg.trajectory, "skip_positions": cfg.skip_positions,
-            "n_permutations": cfg.n_permutations, "source": "the energy runs' trajectories"}
-    stp_entries, sphere_entries = [], []
-    for entry in entries:
-        trajectories = load_trajectories(out / entry["run"] / "trajectories")
-        paths = paths_from_trajectories(trajectories, "token", cfg.site, cfg.skip_positions)
-        for name, analyse, kwargs, sink in (
-            ("stp", stp.analyse_stp, {}, stp_entries),
-            ("sphere", sphere.analyse_sphere, {}, sphere_entries),
-        ):
-            metrics, arrays = analyse(paths, n_permutations=cfg.n_permutations, seed=cfg.seed, **kwargs)
-            run_dir = out / name / entry["run"]
-            run_dir.mkdir(parents=True, exist_ok=True)
-            np.savez_compressed(run_dir / ("triplets.npz" if name == "stp" else "sphere.npz"), **arrays)
-            sink.append({"run": entry["run"], "model": entry["model"], "weights": entry["weights"],
-                         "metrics": metrics, "conventions": conv})
-    for name, sink, figures in (("stp", stp_entries, stp.stp_figures), ("sphere", sphere_entries, sphere.sphere_figures)):
-        write_json(out / name / "results.json", {"experiment": name, "runs": sink})
-        figures(out / name, sink)
-    return stp_entries, sphere_entries
+    def __post_init__(self):
+        check_span(self.trajectories, self.energy)
+        if self.paths.axis != "token":
+            raise ConfigError("axis", "the report's geometry sections run along the token axis at the energy site")
+        if self.separator is not None:
+            check_separator_folder(self.separator)
+
+
+def check_separator_folder(folder: str) -> None:
+    path = Path(folder).expanduser()
+    run_file, results = path / "run.json", path / "results.json"
+    if not (run_file.is_file() and results.is_file()):
+        raise ConfigError("separator", f"{folder!r} is not a finished separator run: it lacks run.json or "
+                                       "results.json. Run the separator into it first.")
+    try:
+        owner = read_json(run_file).get("experiment")
+        read_json(results)
+    except (ValueError, AttributeError):
+        raise ConfigError("separator", f"{folder!r} holds unreadable run.json or results.json") from None
+    if owner != SEPARATOR:
+        raise ConfigError("separator", f"{folder!r} holds a {owner} run, not a separator run")
 
 
 def make_report(cfg: ReportConfig, *, progress: bool = True) -> tuple[Path, str]:
-    """Run (or resume) the analyses into ``cfg.out``; returns the report path and a printable summary."""
-    if not cfg.save_trajectories:
-        raise ValueError("the report's geometry sections read the saved trajectories: keep --save-trajectories on")
-    out = Path(cfg.out)
-    entries = run_energy(cfg, progress=progress)
-    stp_entries, sphere_entries = _geometry(cfg, entries)
-    sections = [report_section(out, entries), stp.report_section(out / "stp", stp_entries),
-                sphere.report_section(out / "sphere", sphere_entries),
-                provenance_section(entries, read_json(out / "run.json")["environment"])]
+    """Run (or resume) the analyses into ``cfg.run.out``; returns the report path and a printable summary."""
+    out = Path(cfg.run.out)
+    registry = experiments()
+    per_model = [e for e in registry.values() if e.report_stage is not None]
+    stages = [e.report_stage(cfg) for e in per_model]
+    folders = {s.name: out / s.name for s in stages}
+    entries = run_stages(cfg.run, cfg.trajectories, stages, experiment="report", config=cfg, folders=folders,
+                         progress=progress)
+    sections = []
+    for e in per_model:
+        if e.figures is not None:
+            e.figures(folders[e.name], entries[e.name])
+        sections.append(e.section(folders[e.name], entries[e.name]))
     if cfg.separator:
-        sep = Path(cfg.separator)
-        sections.insert(-1, separator_section(sep, read_json(sep / "results.json")))
-    models = ", ".join(dict.fromkeys(e["model"] for e in entries))
+        folder = Path(cfg.separator).expanduser()
+        sections.append(registry[SEPARATOR].section(folder, read_json(folder / "results.json")))
+    first = entries[per_model[0].name]
+    sections.append(provenance_section(first, read_json(out / "run.json")["environment"]))
+    models = ", ".join(dict.fromkeys(e["model"] for e in first))
     path = write_report(out / "report.html", "lagrangian-lens report", sections, subtitle=f"models: {models}")
-    summary = "\n\n".join(format_table(summary_rows(es, keys)) for es, keys in (
-        (entries, HEADLINE), (stp_entries, stp.HEADLINE), (sphere_entries, sphere.HEADLINE)))
+    summary = "\n\n".join(e.summarise(entries[e.name]) for e in per_model)
     return path, summary

@@ -54,7 +54,7 @@ class Trajectory:
             raise TrajectoryError(
                 f"non-finite hidden state at site {self.sites[s]!r}, position {t} (token id "
                 f"{int(self.token_ids[t])}); {int(bad.any(-1).sum())} (site, position) pairs are NaN/inf. "
-                "Fix: load the model in float32 (--dtype float32) or check the weights."
+                "Fix: load the model in float32 (dtype float32) or check the weights."
             )
         if not torch.isfinite(self.logprobs).all():
             t = int((~torch.isfinite(self.logprobs)).nonzero()[0])
@@ -81,7 +81,8 @@ class Trajectory:
     def at(self, site: str) -> torch.Tensor:
         """(T, d) the states at one site."""
         if site not in self.sites:
-            raise KeyError(f"site {site!r} not in this trajectory; it holds {self.sites}")
+            raise TrajectoryError(f"site {site!r} not in this trajectory; it holds {self.sites}. Resolve a negative "
+                                  "block index against the model first (Site.parse(site, n_blocks))")
         return self.states[self.sites.index(site)]
 
     def depth(self) -> torch.Tensor:
