@@ -72,7 +72,7 @@ def analyse_energy(trajectories: Sequence[Trajectory], readout: Callable, conv: 
     table and the bootstrapped metrics are computed there too; the table comes back to the host once, at the end.
     """
     if not trajectories:
-        raise ValueError("no trajectories to analyse")
+        raise TrajectoryError("no trajectories to analyse")
     stats_device = _stats_device(device)
     states, neg_logp, entropy, targets, tokens, positions, repeats = [], [], [], [], [], [], []
     for tr in trajectories:

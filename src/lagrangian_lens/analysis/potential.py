@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
+from ..errors import TrajectoryError
 from ..mechanics.depth_data import DepthData, pca_basis, project
 from ..mechanics.potential_fit import (
     KnownPotential,
@@ -111,7 +112,7 @@ def token_axis_data(data: DepthData, layer: int, skip_first: int = 1, skip_last:
     lengths = data.mask.sum(1)
     T = int(lengths.min()) - skip_last
     if T - skip_first < 3:
-        raise ValueError(f"token paths of {T - skip_first} positions have no (x, v, Δx) triple")
+        raise TrajectoryError(f"token paths of {T - skip_first} positions have no (x, v, Δx) triple")
     path = data.states[:, layer, skip_first:T]  # (N, T', d)
     return DepthData(path[:, :, None, :], torch.ones(path.shape[0], 1, dtype=torch.bool))
 

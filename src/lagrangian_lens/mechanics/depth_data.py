@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..errors import TrajectoryError
+from ..errors import ConfigError, TrajectoryError
 
 CENTERINGS = ("sequence", "global", "none")
 
@@ -66,7 +66,7 @@ class DepthData:
                 skip_positions: int = 1) -> DepthData:
         """Drop layers and leading positions, then centre (per sequence, globally, or not at all)."""
         if centering not in CENTERINGS:
-            raise ValueError(f"centering must be one of {CENTERINGS}, got {centering!r}")
+            raise ConfigError("centering", f"must be one of {CENTERINGS}, got {centering!r}")
         states = self.states[:, int(drop_first_layer): self.states.shape[1] - int(drop_last_layer)]
         mask = self.mask.clone()
         mask[:, :skip_positions] = False
@@ -81,7 +81,7 @@ class DepthData:
         """(train, test) by whole sequences."""
         n_test = max(1, int(round(self.n_sequences * test_fraction)))
         if n_test >= self.n_sequences:
-            raise ValueError(f"cannot hold out {n_test} of {self.n_sequences} sequences and keep some for training")
+            raise TrajectoryError(f"cannot hold out {n_test} of {self.n_sequences} sequences and keep some for training")
         order = torch.randperm(self.n_sequences, generator=torch.Generator().manual_seed(seed))
         return self.subset(order[n_test:]), self.subset(order[:n_test])
 

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 import torch
 from tqdm.auto import tqdm
 
+from ..errors import TrajectoryError
 from .sites import expand_sites, record_sites
 from .tokens import token_stats, tokenize
 from .trajectory import Trajectory
@@ -41,7 +42,7 @@ def extract(
         ids = tokenize(tokenizer, list(texts), max_tokens=max_tokens, model=model)
     short = [i for i, x in enumerate(ids) if len(x) < 2]
     if short:
-        raise ValueError(f"text(s) at index {short[:10]} have fewer than 2 tokens: no position has a next token")
+        raise TrajectoryError(f"text(s) at index {short[:10]} have fewer than 2 tokens: no position has a next token")
     device = next(model.parameters()).device
     pad = tokenizer.pad_token_id if tokenizer is not None and tokenizer.pad_token_id is not None else 0
     out: list[Trajectory] = []

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
+from ..errors import ConfigError
 from .sites import expand_sites, record_sites
 from .tokens import token_stats, tokenize
 from .trajectory import Trajectory
@@ -31,9 +32,9 @@ class Decoding:
 
     def __post_init__(self):
         if self.strategy not in DECODINGS:
-            raise ValueError(f"decoding strategy {self.strategy!r} not in {DECODINGS}")
+            raise ConfigError("decoding", f"strategy {self.strategy!r} not in {DECODINGS}")
         if self.temperature <= 0:
-            raise ValueError(f"temperature must be > 0, got {self.temperature}; use strategy='greedy' for argmax")
+            raise ConfigError("temperature", f"must be > 0, got {self.temperature}; use strategy='greedy' for argmax")
 
     def choose(self, logits: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         """(B, V) raw logits -> (B,) token ids."""
@@ -69,7 +70,7 @@ def generate(
     ``stop_at_eos`` a trajectory ends at its first end-of-sequence token.
     """
     if new_tokens < 1:
-        raise ValueError(f"new_tokens must be >= 1, got {new_tokens}")
+        raise ConfigError("new_tokens", f"must be >= 1, got {new_tokens}")
     sites = expand_sites(model, sites)
     ids = tokenize(tokenizer, list(prompts), max_tokens=context_tokens, reserve=new_tokens, model=model)
     device = next(model.parameters()).device

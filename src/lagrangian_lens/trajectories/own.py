@@ -10,6 +10,7 @@ from collections.abc import Sequence
 
 import torch
 
+from ..errors import TrajectoryError
 from ..models.own.protocols import OwnLM, require_own_lm
 from .tokens import token_stats
 from .trajectory import Trajectory
@@ -25,7 +26,7 @@ def own_model_trajectories(model: OwnLM, sequences: Sequence[Sequence[int]], *,
     for seq in sequences:
         idx = torch.tensor([list(seq)], device=device)
         if idx.shape[1] < 2:
-            raise ValueError("a sequence needs at least 2 tokens to have a next token")
+            raise TrajectoryError("a sequence needs at least 2 tokens to have a next token")
         states, final = model.depth_states(idx)  # L+1 states and the read-out input, each (1, n, d)
         logits = model(idx)[0]  # (1, n, V)
         T = idx.shape[1] - 1

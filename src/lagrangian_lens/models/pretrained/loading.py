@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ...errors import ModelSpecError
+from ...errors import ConfigError, ModelSpecError
 from ..spec import RANDOM_PREFIX, ModelSpec  # RANDOM_PREFIX stays importable from here too
 from .gguf import load_gguf, sha256_file
 from .random_init import INIT_SCHEMES, build_random
@@ -63,7 +63,7 @@ def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
     if isinstance(dtype, torch.dtype):
         return dtype
     if dtype not in DTYPES:
-        raise ValueError(f"unknown dtype {dtype!r}; choose one of {sorted(DTYPES)}")
+        raise ConfigError("dtype", f"unknown dtype {dtype!r}; choose one of {sorted(DTYPES)}")
     return DTYPES[dtype]
 
 

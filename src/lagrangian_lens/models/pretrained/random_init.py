@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ...errors import ConfigError
+
 INIT_SCHEMES = ("hf", "torch", "shuffled")
 
 
@@ -18,7 +20,7 @@ def build_random(config, *, init: str, seed: int, dtype: torch.dtype, pretrained
     from transformers import AutoModelForCausalLM
 
     if init not in INIT_SCHEMES:
-        raise ValueError(f"unknown init {init!r}; choose one of {INIT_SCHEMES}")
+        raise ConfigError("init", f"unknown init {init!r}; choose one of {INIT_SCHEMES}")
     if init == "shuffled":
         if pretrained is None:
             raise ValueError("init='shuffled' permutes pretrained weights, so it needs the pretrained model")
