@@ -112,7 +112,7 @@ def test_stp_and_sphere_write_results_and_figures_on_both_axes(tmp_path, tiny_di
     (entry,) = json.loads((tmp_path / "stp" / "results.json").read_text())["runs"]
     m = entry["metrics"]
     assert m["identity_max_abs_error"] < 1e-9 and m["branch_cos_nonnegative"] + m["branch_cos_negative"] == m["n_triplets"]
-    assert 0 <= m["decelerating_fraction"] <= 1 and 1 / 21 <= m["p_normal"] <= 1
+    assert 0 <= m["decelerating_fraction"]["value"] <= 1 and 1 / 21 <= m["p_normal"] <= 1
     assert entry["conventions"]["axis"] == axis
     assert len(list((tmp_path / "stp" / "figures").glob("*.png"))) == 2
     assert main(["sphere", *geo, "--out", str(tmp_path / "sphere")]) == 0

@@ -113,3 +113,35 @@ def test_permutation_null_is_strongly_negative_for_smooth_paths_and_near_zero_fo
     assert smooth_test.z < -10 and smooth_test.p_smaller == pytest.approx(1 / 101)
     zs = [permutation_test(stat, noise, n_permutations=100, seed=s)["perp"].z for s in range(5)]
     assert abs(np.mean(zs)) < 1.5
+
+
+def test_paper_identity_fails_exactly_where_cos_is_negative():
+    from lagrangian_lens.analysis.stp import analyse_stp
+
+    t = torch.arange(12, dtype=torch.float64)
+    zigzag = torch.stack([t, (-1.0) ** t, torch.zeros_like(t)], dim=1)  # every turn reverses: cos < 0
+    zigzag[:, 0] = 0.1 * t  # a small forward drift keeps the triplets non-degenerate
+    arc = torch.stack([torch.cos(0.1 * t), torch.sin(0.1 * t), 0.05 * t], dim=1)  # gentle curve: cos > 0
+    m, _ = analyse_stp([zigzag, zigzag.flip(0)], n_permutations=5, n_boot=50)
+    assert m["cos_nonnegative_fraction"]["value"] == 0.0
+    assert m["paper_identity_failure_fraction"] == {"value": 1.0, "ci_low": 1.0, "ci_high": 1.0}
+    assert m["identity_max_abs_error"] < 1e-12  # the two-branch form holds on every triplet
+    m, _ = analyse_stp([arc, 2 * arc], n_permutations=5, n_boot=50)
+    assert m["cos_nonnegative_fraction"]["value"] == 1.0
+    assert m["paper_identity_failure_fraction"]["value"] == 0.0
+    assert m["paper_identity_max_abs_error_cos_nonnegative"] < 1e-12
+
+
+def test_speed_decreasing_fraction_is_one_on_a_geometric_path():
+    from lagrangian_lens.analysis.stp import analyse_stp
+
+    steps = 0.8 ** torch.arange(10, dtype=torch.float64)  # each step 0.8 times the last
+    direction = torch.tensor([1.0, 2.0, 0.5], dtype=torch.float64)
+    bend = torch.tensor([0.0, 0.0, 1e-3], dtype=torch.float64)
+    path = torch.cat([torch.zeros(1, 3, dtype=torch.float64),
+                      torch.cumsum(steps[:, None] * direction + (-1.0) ** torch.arange(10)[:, None] * bend, 0)])
+    m, _ = analyse_stp([path, 3 * path], n_permutations=5, n_boot=50)
+    assert m["speed_decreasing_fraction"] == {"value": 1.0, "ci_low": 1.0, "ci_high": 1.0}
+    assert m["decelerating_fraction"]["value"] == 1.0  # on a straight-ish path, the two readings agree
+    growing, _ = analyse_stp([path.flip(0), 3 * path.flip(0)], n_permutations=5, n_boot=50)
+    assert growing["speed_decreasing_fraction"]["value"] == 0.0

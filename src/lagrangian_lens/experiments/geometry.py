@@ -20,14 +20,15 @@ def geometry_trajectories() -> TrajectoryConfig:
 
 
 def path_stage(name: str, paths: PathConventions, own: object, analyse: Callable[..., tuple[dict, dict]],
-               arrays_file: str, seed: int) -> Stage:
-    """A stage that analyses the paths of ``paths`` with ``analyse(paths, n_permutations=, seed=, **own)``."""
+               arrays_file: str, seed: int, extra: dict | None = None) -> Stage:
+    """A stage that analyses the paths of ``paths`` with ``analyse(paths, n_permutations=, seed=, **own, **extra)``."""
+    extra = dict(extra or {})
 
     def run(trajectories, loaded, n_blocks) -> dict:
         conv = dataclasses.replace(paths, site=canonical_site(paths.site, n_blocks))
         metrics, arrays = analyse(conv.paths(trajectories), n_permutations=conv.n_permutations, seed=seed,
-                                  **dataclasses.asdict(own))
-        conventions = {**dataclasses.asdict(conv), **dataclasses.asdict(own)}
+                                  **dataclasses.asdict(own), **extra)
+        conventions = {**dataclasses.asdict(conv), **dataclasses.asdict(own), **extra}
         if conv.axis == "depth":
             conventions["site"] = "all (embed + every block)"
         return {"metrics": metrics, "conventions": conventions, "arrays": arrays}
@@ -35,5 +36,5 @@ def path_stage(name: str, paths: PathConventions, own: object, analyse: Callable
     def save(run_dir: Path, result: dict) -> None:
         np.savez_compressed(run_dir / arrays_file, **result["arrays"])
 
-    settings = {"paths": dataclasses.asdict(paths), "own": dataclasses.asdict(own)}
+    settings = {"paths": dataclasses.asdict(paths), "own": dataclasses.asdict(own), "extra": extra}
     return Stage(name, paths.sites, settings, run, save)
