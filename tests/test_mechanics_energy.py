@@ -109,3 +109,19 @@ def test_drift_is_plus_one_for_monotone_rise():
     m = energy_metrics(energy_table(rows), n_boot=0)
     assert m["drift_h"]["value"] == pytest.approx(1.0)
     assert m["mean_delta_h"]["value"] == pytest.approx(1.0)
+
+
+def test_classical_energy_and_log_lagrangian_follow_their_definitions():
+    from lagrangian_lens.mechanics import energy_metrics, energy_series, energy_table
+
+    gen = torch.Generator().manual_seed(0)
+    series = [energy_series(torch.randn(n, 6, generator=gen, dtype=torch.float64),
+                            torch.rand(n, generator=gen, dtype=torch.float64) * 3) for n in (7, 11)]
+    k = [s.log_kinetic.numpy() for s in series]
+    v = [s.log_ppl.numpy() for s in series]
+    metrics = energy_metrics(energy_table(series), n_boot=0)
+    classical = np.concatenate([np.exp(a) + b for a, b in zip(k, v)])  # ½‖v‖² − ln p
+    lagrangian = [a - b for a, b in zip(k, v)]
+    assert metrics["classical_energy_cv"]["value"] == pytest.approx(classical.std() / abs(classical.mean()), rel=1e-12)
+    assert metrics["mean_log_lagrangian"]["value"] == pytest.approx(np.concatenate(lagrangian).mean(), rel=1e-12)
+    assert metrics["log_action_per_step"]["value"] == pytest.approx(np.mean([x.mean() for x in lagrangian]), rel=1e-12)

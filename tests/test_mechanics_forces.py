@@ -50,3 +50,23 @@ def test_attractor_counts_tokens_crossed_along_the_segment():
     h0 = torch.stack([e[0], e[0], e[0] + 0.1 * e[1]])
     h1 = torch.stack([e[0] * 2, e[1], e[0] + 0.2 * e[1]])
     assert attractor_unique_tokens(h0, h1, readout).tolist() == [1, 2, 1]
+
+
+def test_log_el_terms_compare_both_signs_the_angle_and_the_scale():
+    from lagrangian_lens.mechanics.forces import log_el_terms
+
+    gen = torch.Generator().manual_seed(3)
+    h = torch.randn(8, 5, generator=gen, dtype=torch.float64)
+    v = h[1:] - h[:-1]
+    p = 2 * v / (v * v).sum(-1, keepdim=True)
+    grad = torch.zeros_like(h)
+    grad[1:-1] = p[1:] - p[:-1]  # the gradient equals Δp: the + form of the equation holds exactly
+    t = log_el_terms(h, grad, torch.ones(7, dtype=torch.bool))
+    assert_close(t["plus"], torch.zeros(6, dtype=torch.float64), atol=1e-12, rtol=0)
+    assert_close(t["minus"], torch.ones(6, dtype=torch.float64))
+    assert_close(t["cos"], torch.ones(6, dtype=torch.float64))
+    assert_close(t["scale"], torch.ones(6, dtype=torch.float64))
+    flipped = log_el_terms(h, -3 * grad, torch.ones(7, dtype=torch.bool))  # the − form, three times too large
+    assert_close(flipped["cos"], -torch.ones(6, dtype=torch.float64))
+    assert_close(flipped["scale"], torch.full((6,), 1 / 3, dtype=torch.float64))
+    assert_close(flipped["minus"], torch.full((6,), 0.5, dtype=torch.float64))  # ‖Δp − 3Δp‖ / (‖Δp‖ + 3‖Δp‖)

@@ -14,7 +14,7 @@ from ..mechanics import (
     attractor_unique_tokens,
     energy_metrics,
     energy_table,
-    log_el_residual,
+    log_el_terms,
     logprob_gradients,
 )
 from ..mechanics.energy import energy_series_many, step_rows
@@ -94,7 +94,7 @@ def analyse_energy(trajectories: Sequence[Trajectory], readout: Callable, conv: 
     flat = torch.cat(states).to(device)
     here = flat.to(stats_device)
     series = energy_series_many(here, torch.cat(neg_logp).to(stats_device), lengths, conv.zero_velocity_rtol)
-    extra = {"el": _el_rows(flat, here, lengths, targets, series, readout, conv.ppl),
+    extra = {**_el_rows(flat, here, lengths, targets, series, readout, conv.ppl),
              "attractor": _attractor_column(flat, lengths, series, readout, conv, seed, stats_device)}
     if len(entropy) == len(series):
         extra["entropy"] = entropy
@@ -122,8 +122,12 @@ def _pad_int(rows, width) -> np.ndarray:
     return out
 
 
-def _el_rows(flat, here, lengths, targets, series, readout, ppl) -> list[torch.Tensor]:
-    """Per trajectory, the log-EL residual at each step (NaN at the last step and at zero velocities).
+EL_COLUMNS = {"plus": "el", "minus": "el_minus", "cos": "el_cos", "scale": "el_scale"}
+
+
+def _el_rows(flat, here, lengths, targets, series, readout, ppl) -> dict[str, list[torch.Tensor]]:
+    """Per table column (``el``, ``el_minus``, ``el_cos``, ``el_scale``), per trajectory, the log-EL comparison at
+    each step (NaN at the last step and at zero velocities); see ``mechanics.forces.log_el_terms``.
 
     ``flat`` (Σ T_i, d) holds every state on the read-out's device, ``here`` the same on the table's device.
     """
@@ -138,11 +142,15 @@ def _el_rows(flat, here, lengths, targets, series, readout, ppl) -> list[torch.T
     rows = step_rows(lengths, here.device)  # (M,) velocity rows inside a trajectory
     valid = torch.zeros(here.shape[0] - 1, dtype=torch.bool, device=here.device)
     valid.index_copy_(0, rows, torch.cat([s.valid for s in series]))
-    rel, ok = log_el_residual(here, grads, valid)  # (Σ T_i - 2,): rel[r] needs velocity rows r and r + 1
-    # Step row r (velocity h_{r+1} - h_r) has its residual at rel[r]; a trajectory's last step has none (its
+    terms = log_el_terms(here, grads, valid)  # each (Σ T_i - 2,): entry r needs velocity rows r and r + 1
+    ok = terms.pop("ok")
+    # Step row r (velocity h_{r+1} - h_r) has its residual at entry r; a trajectory's last step has none (its
     # next velocity row is a boundary, or there is none at the very end).
-    per_step = torch.cat([rel.masked_fill(~ok, math.nan), rel.new_full((1,), math.nan)])  # (Σ T_i - 1,)
-    return list(per_step.index_select(0, rows).split([n - 1 for n in lengths]))
+    out = {}
+    for name, value in terms.items():
+        per_step = torch.cat([value.masked_fill(~ok, math.nan), value.new_full((1,), math.nan)])  # (Σ T_i - 1,)
+        out[EL_COLUMNS[name]] = list(per_step.index_select(0, rows).split([n - 1 for n in lengths]))
+    return out
 
 
 def _attractor_column(flat, lengths, series, readout, conv: EnergyConventions, seed: int,

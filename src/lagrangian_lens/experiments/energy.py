@@ -31,7 +31,9 @@ HEADLINE = ("global_cv", "avg_trajectory_cv", "cv_of_trajectory_means", "mean_lo
             "mean_kv_ratio", "mean_abs_delta_h", "drift_h", "el_residual_median", "attractor_unique_tokens_mean",
             "zero_velocity_fraction", "repeated_token_fraction", "n_trajectories", "n_steps")
 DETAIL = ("mean_log_kinetic", "mean_log_ppl", "mean_delta_h", "mean_delta_e_norm", "mean_abs_delta_e_norm",
-          "drift_e_norm", "mean_entropy", "entropy_variance", "el_residual_mean", "attractor_unique_tokens_sem")
+          "drift_e_norm", "mean_entropy", "entropy_variance", "el_residual_mean", "el_residual_median_minus",
+          "el_cos_median", "el_scale_ratio_median", "classical_energy_cv", "mean_log_lagrangian", "log_action_per_step",
+          "attractor_unique_tokens_sem")
 MIN_STEPS = 3  # states along the analysed span: 2 velocities give one ΔH and one Euler–Lagrange residual
 
 
@@ -126,6 +128,12 @@ DEFINITIONS = [
     ["mean_delta_h, mean_abs_delta_h, drift_h", "⟨ΔH⟩, ⟨|ΔH|⟩, ΣΔH/Σ|ΔH|", "local conservation on the H scale"],
     ["*_e_norm", "the same on E_t / mean_t E_t", "local conservation on normalised E"],
     ["el_residual", "‖Δ(2v/‖v‖²) − ∇_h ln p(x_t|h_t)‖ / (‖Δ(2v/‖v‖²)‖ + ‖∇‖)", "log-Euler–Lagrange residual, 0 = exact"],
+    ["el_residual_median_minus", "median ‖Δp + ∇‖ / (‖Δp‖ + ‖∇‖)", "the same residual with the sign of Thm. D.1's proof"],
+    ["el_cos_median, el_scale_ratio_median", "median cos(Δp_t, ∇_h ln p), median ‖Δp_t‖ / ‖∇_h ln p‖",
+     "whether the two sides point the same way, and their size ratio"],
+    ["classical_energy_cv", "CV of ½‖v_t‖² − ln p_t", "the classical (not log) energy; the paper says it exceeds 50 %"],
+    ["mean_log_lagrangian, log_action_per_step", "⟨K − V⟩ over steps; per trajectory Σ(K − V)/n, averaged",
+     "the log-Lagrangian and its action per step"],
     ["attractor_unique_tokens", "distinct argmax tokens on (1−α)h_t + αh_{t+1}, α = 0, 0.1, …, 1", "neighbouring-attractor test"],
 ]
 

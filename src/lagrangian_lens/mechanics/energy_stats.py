@@ -30,6 +30,7 @@ from .stats import (
     drift,
     global_cv,
     mean_within_row_cv,
+    nanmean,
     normalise_by_row_mean_exp,
     pad_rows,
     pooled_mean,
@@ -56,6 +57,8 @@ def energy_table(series: Sequence[EnergySeries], **extra: Sequence | torch.Tenso
     table["dH"] = steps_diff(table["H"])
     table["E_norm"] = normalise_by_row_mean_exp(table["H"])
     table["dE_norm"] = steps_diff(table["E_norm"])
+    table["L"] = table["K"] - table["V"]  # the log-Lagrangian ln(½‖v‖²) + ln p
+    table["classical"] = torch.exp(table["K"]) + table["V"]  # ½‖v‖² − ln p: the classical energy
     for name, column in extra.items():
         if isinstance(column, torch.Tensor):
             if column.shape != table["H"].shape:
@@ -91,12 +94,18 @@ def energy_statistics(scale: str = "log", columns: Sequence[str] = ("K", "V", "H
         "mean_delta_e_norm": lambda t: pooled_mean(t["dE_norm"]),
         "mean_abs_delta_e_norm": lambda t: pooled_mean(t["dE_norm"].abs()),
         "drift_e_norm": lambda t: drift(t["dE_norm"]),
+        "classical_energy_cv": lambda t: global_cv(t["classical"]),
+        "mean_log_lagrangian": lambda t: pooled_mean(t["L"]),
+        "log_action_per_step": lambda t: nanmean(nanmean(t["L"], -1), -1),  # per trajectory Σ L / n, averaged
     }
     per_column = {
         "entropy": {"mean_entropy": lambda t: pooled_mean(t["entropy"]),
                     "entropy_variance": lambda t: pooled_var(t["entropy"])},
         "el": {"el_residual_median": lambda t: pooled_median(t["el"]),
                "el_residual_mean": lambda t: pooled_mean(t["el"])},
+        "el_minus": {"el_residual_median_minus": lambda t: pooled_median(t["el_minus"])},
+        "el_cos": {"el_cos_median": lambda t: pooled_median(t["el_cos"])},
+        "el_scale": {"el_scale_ratio_median": lambda t: pooled_median(t["el_scale"])},
         "attractor": {"attractor_unique_tokens_mean": lambda t: pooled_mean(t["attractor"])},
     }
     for column, extra in per_column.items():

@@ -28,11 +28,17 @@ def logprob_gradients(h: torch.Tensor, targets: torch.Tensor, readout: Readout, 
     return torch.cat(grads) if grads else h.new_zeros(h.shape)
 
 
-def log_el_residual(h: torch.Tensor, grad: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Relative residuals (T-2,) at positions t = 1..T-2, and which of them are defined.
+def log_el_terms(h: torch.Tensor, grad: torch.Tensor, valid: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Both sides of the log-Euler–Lagrange equation at positions t = 1..T-2, compared four ways, each (T-2,).
 
-    ``grad`` (T, d) is ∇_h ln p(x_t | h_t) at every position; ``valid`` (T-1,) marks non-zero velocities.
-    A residual needs both v_t and v_{t+1}.
+    With Δp_t = p_{t+1} − p_t and g_t = ∇_h ln p(x_t | h_t):
+
+    * ``plus``: ‖Δp − g‖ / (‖Δp‖ + ‖g‖), the residual of Δp = +g (Prop. C.1 of the energy paper);
+    * ``minus``: ‖Δp + g‖ / (‖Δp‖ + ‖g‖), the residual of Δp = −g (the sign in the proof of Thm. D.1);
+    * ``cos``: cos(Δp, g), +1 when the sides align, −1 when they oppose;
+    * ``scale``: ‖Δp‖ / ‖g‖, their size ratio;
+
+    plus ``ok``, which residuals are defined: both v_t and v_{t+1} non-zero (``valid`` (T-1,) marks those).
     """
     h, grad = h.double(), grad.double()
     v = h[1:] - h[:-1]  # (T-1, d): v_t for t = 1..T-1
@@ -40,9 +46,23 @@ def log_el_residual(h: torch.Tensor, grad: torch.Tensor, valid: torch.Tensor) ->
     p = 2 * v / sq  # canonical momentum of the log-Lagrangian
     dp = p[1:] - p[:-1]  # (T-2, d) at t = 1..T-2
     g = grad[1:-1]
-    rel = (dp - g).norm(dim=-1) / (dp.norm(dim=-1) + g.norm(dim=-1)).clamp_min(1e-300)
+    dp_norm, g_norm = dp.norm(dim=-1), g.norm(dim=-1)
+    total = (dp_norm + g_norm).clamp_min(1e-300)
     ok = valid[1:] & valid[:-1]
-    return torch.where(ok, rel, torch.zeros_like(rel)), ok
+    zero = torch.zeros_like(dp_norm)
+    terms = {"plus": (dp - g).norm(dim=-1) / total, "minus": (dp + g).norm(dim=-1) / total,
+             "cos": (dp * g).sum(-1) / (dp_norm * g_norm).clamp_min(1e-300), "scale": dp_norm / g_norm.clamp_min(1e-300)}
+    return {name: torch.where(ok, value, zero) for name, value in terms.items()} | {"ok": ok}
+
+
+def log_el_residual(h: torch.Tensor, grad: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Relative residuals (T-2,) of Δp = +∇_h ln p at positions t = 1..T-2, and which of them are defined.
+
+    ``grad`` (T, d) is ∇_h ln p(x_t | h_t) at every position; ``valid`` (T-1,) marks non-zero velocities.
+    A residual needs both v_t and v_{t+1}. See :func:`log_el_terms` for the other sign and the comparisons.
+    """
+    terms = log_el_terms(h, grad, valid)
+    return terms["plus"], terms["ok"]
 
 
 @torch.no_grad()
