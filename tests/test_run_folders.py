@@ -139,3 +139,14 @@ def test_inside_refuses_names_that_leave_the_folder(tmp_path):
     for bad in ("../x", "a/b", "..", ""):
         with pytest.raises(RunFolderError):
             inside(tmp_path, bad)
+
+
+def test_a_new_version_of_an_analysis_redoes_its_finished_runs(tmp_path, tiny_dir, monkeypatch, count_loads):
+    from lagrangian_lens.experiments import energy as energy_mod
+
+    args = ["energy", "--model", f"random:{tiny_dir}", *FAST, "--out", str(tmp_path / "e")]
+    assert main(args) == 0 and len(count_loads) == 1
+    real = energy_mod.energy_stage
+    monkeypatch.setattr(energy_mod, "energy_stage",
+                        lambda *a, **k: __import__("dataclasses").replace(real(*a, **k), version=99))
+    assert main(args) == 0 and len(count_loads) == 2  # same settings, newer analysis: not resumed

@@ -88,7 +88,7 @@ def energy_stage(conv: EnergyConventions, boot: BootstrapConfig, seed: int, cont
         write_steps_csv(run_dir / "steps.csv", result["analysis"])
 
     settings = {"conventions": dataclasses.asdict(conv), "bootstrap": dataclasses.asdict(boot)}
-    return Stage("energy", conv.site, settings, analyse, save, needs_model=True)
+    return Stage("energy", conv.site, settings, analyse, save, needs_model=True, version=2)  # 2: EL signs, classical
 
 
 STEP_COLUMNS = ("trajectory", "step", "position", "token_id", "log_kinetic", "log_ppl", "log_energy", "entropy",

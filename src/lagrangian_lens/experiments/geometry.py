@@ -20,7 +20,7 @@ def geometry_trajectories() -> TrajectoryConfig:
 
 
 def path_stage(name: str, paths: PathConventions, own: object, analyse: Callable[..., tuple[dict, dict]],
-               arrays_file: str, seed: int, extra: dict | None = None) -> Stage:
+               arrays_file: str, seed: int, extra: dict | None = None, version: int = 1) -> Stage:
     """A stage that analyses the paths of ``paths`` with ``analyse(paths, n_permutations=, seed=, **own, **extra)``."""
     extra = dict(extra or {})
 
@@ -37,4 +37,4 @@ def path_stage(name: str, paths: PathConventions, own: object, analyse: Callable
         np.savez_compressed(run_dir / arrays_file, **result["arrays"])
 
     settings = {"paths": dataclasses.asdict(paths), "own": dataclasses.asdict(own), "extra": extra}
-    return Stage(name, paths.sites, settings, run, save)
+    return Stage(name, paths.sites, settings, run, save, version=version)

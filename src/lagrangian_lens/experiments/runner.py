@@ -57,6 +57,7 @@ class Stage:
     analyse: Callable[[list[Trajectory], LoadedModel | None, int | None], dict]  # -> {"metrics", "conventions", ...}
     save: Callable[[Path, dict], None] = lambda run_dir, result: None  # per-run files from analyse's output
     needs_model: bool = False  # the analysis calls the model (e.g. its read-out), not only the trajectories
+    version: int = 1  # raised whenever the analysis computes something new: results of an older version are redone
 
 
 @dataclass(frozen=True)
@@ -195,7 +196,8 @@ def run_stages(cfg: RunConfig, traj: TrajectoryConfig, stages: list[Stage], *, e
 def _run_plan(plan, cfg, traj, stages, folders, base, prompts, sites, entries, progress) -> None:
     identity = plan.identity()
     traj_key = digest({**base, "model": identity})
-    keys = {s.name: digest({"trajectories": traj_key, "stage": s.name, "settings": s.settings}) for s in stages}
+    keys = {s.name: digest({"trajectories": traj_key, "stage": s.name, "settings": s.settings, "version": s.version})
+            for s in stages}
     pending = []
     for s in stages:
         finished = inside(folders[s.name], plan.name) / "result.json"

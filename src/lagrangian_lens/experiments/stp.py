@@ -48,7 +48,7 @@ DEFINITIONS = [
 
 def stp_stage(paths: PathConventions, own: StpConventions, boot: BootstrapConfig, seed: int) -> Stage:
     return path_stage("stp", paths, own, analyse_stp, "triplets.npz", seed,
-                      extra={"n_boot": boot.n_bootstrap, "ci": boot.ci})
+                      extra={"n_boot": boot.n_bootstrap, "ci": boot.ci}, version=2)  # 2: identity and speed fractions
 
 
 def stp_figures(out: Path, entries: list[dict]) -> list[Path]:
