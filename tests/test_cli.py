@@ -122,3 +122,11 @@ def test_stp_and_sphere_write_results_and_figures_on_both_axes(tmp_path, tiny_di
     if axis == "depth":  # one path per token, each through embed + 3 blocks
         assert entry["metrics"]["n_steps"] == 3 * entry["metrics"]["n_paths"]
     assert "z_normal" in capsys.readouterr().out
+
+
+def test_p_values_at_the_permutation_floor_print_as_a_bound():
+    from lagrangian_lens.experiments.tables import summary_rows
+
+    entries = [{"run": "a", "metrics": {"p_normal": 1 / 101, "p_tangential": 0.5}, "conventions": {"n_permutations": 100}}]
+    rows = dict((r[0], r[1]) for r in summary_rows(entries, ("p_normal", "p_tangential")))
+    assert rows == {"metric": "a", "p_normal": "< 0.0099 (1/(n+1), n = 100)", "p_tangential": "0.5"}

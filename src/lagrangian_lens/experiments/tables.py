@@ -17,9 +17,22 @@ def cell(value) -> str:
     return str(value)
 
 
+def p_value_cell(p: float | None, n_permutations: int | None) -> str:
+    """A permutation p-value; at its floor 1/(n+1) it is a bound, printed as one, not as a value."""
+    if p is None or not n_permutations:
+        return cell(p)
+    floor = 1 / (n_permutations + 1)
+    return f"< {floor:.2g} (1/(n+1), n = {n_permutations})" if p <= floor * (1 + 1e-9) else cell(p)
+
+
 def summary_rows(entries: list[dict], keys: Sequence[str]) -> list[list[str]]:
     rows = [["metric", *(e["run"] for e in entries)]]
-    rows += [[key, *(cell(e["metrics"].get(key)) for e in entries)] for key in keys]
+    for key in keys:
+        if key.startswith("p_"):
+            rows.append([key, *(p_value_cell(e["metrics"].get(key), e.get("conventions", {}).get("n_permutations"))
+                                for e in entries)])
+        else:
+            rows.append([key, *(cell(e["metrics"].get(key)) for e in entries)])
     return rows
 
 
