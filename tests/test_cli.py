@@ -130,3 +130,11 @@ def test_p_values_at_the_permutation_floor_print_as_a_bound():
     entries = [{"run": "a", "metrics": {"p_normal": 1 / 101, "p_tangential": 0.5}, "conventions": {"n_permutations": 100}}]
     rows = dict((r[0], r[1]) for r in summary_rows(entries, ("p_normal", "p_tangential")))
     assert rows == {"metric": "a", "p_normal": "< 0.0099 (1/(n+1), n = 100)", "p_tangential": "0.5"}
+
+
+def test_the_logit_displacement_is_exact_at_final_and_reported_at_a_block(tmp_path, tiny_dir):
+    for site, exact in (("final", True), ("block.1", False)):
+        out = tmp_path / site
+        assert main(["energy", "--model", f"random:{tiny_dir}", *FAST, "--site", site, "--out", str(out)]) == 0
+        value = json.loads((out / "results.json").read_text())["runs"][0]["metrics"]["logit_displacement_rel_error"]
+        assert (value["value"] < 1e-4) == exact, (site, value)

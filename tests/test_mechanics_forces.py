@@ -70,3 +70,17 @@ def test_log_el_terms_compare_both_signs_the_angle_and_the_scale():
     assert_close(flipped["cos"], -torch.ones(6, dtype=torch.float64))
     assert_close(flipped["scale"], torch.full((6,), 1 / 3, dtype=torch.float64))
     assert_close(flipped["minus"], torch.full((6,), 0.5, dtype=torch.float64))  # ‖Δp − 3Δp‖ / (‖Δp‖ + 3‖Δp‖)
+
+
+def test_logit_displacement_is_exact_for_a_bias_free_linear_head_and_not_through_a_norm():
+    from lagrangian_lens.mechanics.forces import logit_displacement_error
+
+    gen = torch.Generator().manual_seed(1)
+    W = torch.randn(30, 6, generator=gen, dtype=torch.float64)
+    h0, h1 = torch.randn(9, 6, generator=gen, dtype=torch.float64), torch.randn(9, 6, generator=gen, dtype=torch.float64)
+    linear = logit_displacement_error(h0, h1, lambda h: h @ W.T, W)
+    assert_close(linear, torch.zeros(9, dtype=torch.float64), atol=1e-12, rtol=0)
+    with_bias = logit_displacement_error(h0, h1, lambda h: h @ W.T + 5.0, W)  # a bias cancels in Δz
+    assert_close(with_bias, torch.zeros(9, dtype=torch.float64), atol=1e-12, rtol=0)
+    normed = logit_displacement_error(h0, h1, lambda h: torch.nn.functional.normalize(h, dim=-1) @ W.T, W)
+    assert (normed > 0.1).all()

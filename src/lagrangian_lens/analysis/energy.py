@@ -15,6 +15,7 @@ from ..mechanics import (
     energy_metrics,
     energy_table,
     log_el_terms,
+    logit_displacement_error,
     logprob_gradients,
 )
 from ..mechanics.energy import energy_series_many, step_rows
@@ -65,10 +66,12 @@ def _span(tr: Trajectory, span: str) -> slice:
 
 
 def analyse_energy(trajectories: Sequence[Trajectory], readout: Callable, conv: EnergyConventions, *,
-                   n_boot: int = 1000, ci: float = 0.95, seed: int = 0, device="cpu") -> EnergyAnalysis:
+                   n_boot: int = 1000, ci: float = 0.95, seed: int = 0, device="cpu",
+                   unembedding: torch.Tensor | None = None) -> EnergyAnalysis:
     """Energy terms, log-EL residuals and attractor counts of every trajectory, then the run metrics.
 
-    ``readout`` maps states at ``conv.site`` to logits on ``device`` (see ``trajectories.readout``). The step
+    ``readout`` maps states at ``conv.site`` to logits on ``device`` (see ``trajectories.readout``). With the
+    unembedding matrix W (V, d), the logit-displacement error of Prop. B.1 is reported as well. The step
     table and the bootstrapped metrics are computed there too; the table comes back to the host once, at the end.
     """
     if not trajectories:
@@ -98,6 +101,8 @@ def analyse_energy(trajectories: Sequence[Trajectory], readout: Callable, conv: 
              "attractor": _attractor_column(flat, lengths, series, readout, conv, seed, stats_device)}
     if len(entropy) == len(series):
         extra["entropy"] = entropy
+    if unembedding is not None:
+        extra["logit_disp"] = _logit_displacement_rows(flat, lengths, series, readout, unembedding)
     table = energy_table(series, **extra)
     metrics = energy_metrics(table, scale=conv.energy_scale, n_boot=n_boot, ci=ci, seed=seed)
     n_steps = sum(len(s.valid) for s in series)
@@ -107,6 +112,14 @@ def analyse_energy(trajectories: Sequence[Trajectory], readout: Callable, conv: 
     width = table["H"].shape[1]
     host_table = {name: column.cpu().numpy() for name, column in table.items()}  # the table's one trip to the host
     return EnergyAnalysis(host_table, metrics, _pad_int(tokens, width), _pad_int(positions, width))
+
+
+def _logit_displacement_rows(flat, lengths, series, readout, weight) -> list[torch.Tensor]:
+    """Per trajectory, ‖Δz − W·Δh‖/‖Δz‖ at each step (NaN at zero velocities)."""
+    rows = step_rows(lengths, flat.device)  # (M,) rows r whose next state r + 1 is in the same trajectory
+    error = logit_displacement_error(flat[rows], flat[rows + 1], readout, weight.to(flat.device))
+    valid = torch.cat([s.valid for s in series]).to(error.device)
+    return list(error.masked_fill(~valid, math.nan).split([n - 1 for n in lengths]))
 
 
 def _stats_device(device) -> torch.device:

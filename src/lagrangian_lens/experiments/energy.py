@@ -19,6 +19,7 @@ import numpy as np
 from ..analysis.energy import EnergyAnalysis, EnergyConventions, analyse_energy
 from ..errors import ConfigError, TrajectoryError
 from ..mechanics.stats import normalise_by_row_mean_exp, steps_diff
+from ..models.pretrained.architectures import unembedding
 from ..trajectories import Site, readout
 from .config import BootstrapConfig, RunConfig, TrajectoryConfig
 from .energy_figures import energy_figures
@@ -33,7 +34,7 @@ HEADLINE = ("global_cv", "avg_trajectory_cv", "cv_of_trajectory_means", "mean_lo
 DETAIL = ("mean_log_kinetic", "mean_log_ppl", "mean_delta_h", "mean_delta_e_norm", "mean_abs_delta_e_norm",
           "drift_e_norm", "mean_entropy", "entropy_variance", "el_residual_mean", "el_residual_median_minus",
           "el_cos_median", "el_scale_ratio_median", "classical_energy_cv", "mean_log_lagrangian", "log_action_per_step",
-          "attractor_unique_tokens_sem")
+          "logit_displacement_rel_error", "attractor_unique_tokens_sem")
 MIN_STEPS = 3  # states along the analysed span: 2 velocities give one ΔH and one Euler–Lagrange residual
 
 
@@ -81,14 +82,14 @@ def energy_stage(conv: EnergyConventions, boot: BootstrapConfig, seed: int, cont
                 "fewer context tokens, or the span 'all'", options=("prompts", "context_tokens", "span"))
         device = next(loaded.model.parameters()).device
         analysis = analyse_energy(trajectories, readout(loaded.model, c.site), c, n_boot=boot.n_bootstrap,
-                                  ci=boot.ci, seed=seed, device=device)
+                                  ci=boot.ci, seed=seed, device=device, unembedding=unembedding(loaded.model).weight)
         return {"metrics": analysis.metrics, "conventions": dataclasses.asdict(c), "analysis": analysis}
 
     def save(run_dir: Path, result: dict) -> None:
         write_steps_csv(run_dir / "steps.csv", result["analysis"])
 
     settings = {"conventions": dataclasses.asdict(conv), "bootstrap": dataclasses.asdict(boot)}
-    return Stage("energy", conv.site, settings, analyse, save, needs_model=True, version=2)  # 2: EL signs, classical
+    return Stage("energy", conv.site, settings, analyse, save, needs_model=True, version=3)  # 3: EL signs, classical, Prop. B.1
 
 
 STEP_COLUMNS = ("trajectory", "step", "position", "token_id", "log_kinetic", "log_ppl", "log_energy", "entropy",
@@ -134,6 +135,7 @@ DEFINITIONS = [
     ["classical_energy_cv", "CV of ½‖v_t‖² − ln p_t", "the classical (not log) energy; the paper says it exceeds 50 %"],
     ["mean_log_lagrangian, log_action_per_step", "⟨K − V⟩ over steps; per trajectory Σ(K − V)/n, averaged",
      "the log-Lagrangian and its action per step"],
+    ["logit_displacement_rel_error", "median ‖Δz − W·Δh‖ / ‖Δz‖", "Prop. B.1: 0 at final for a bias-free head"],
     ["attractor_unique_tokens", "distinct argmax tokens on (1−α)h_t + αh_{t+1}, α = 0, 0.1, …, 1", "neighbouring-attractor test"],
 ]
 

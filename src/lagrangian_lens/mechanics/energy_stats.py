@@ -106,6 +106,7 @@ def energy_statistics(scale: str = "log", columns: Sequence[str] = ("K", "V", "H
         "el_minus": {"el_residual_median_minus": lambda t: pooled_median(t["el_minus"])},
         "el_cos": {"el_cos_median": lambda t: pooled_median(t["el_cos"])},
         "el_scale": {"el_scale_ratio_median": lambda t: pooled_median(t["el_scale"])},
+        "logit_disp": {"logit_displacement_rel_error": lambda t: pooled_median(t["logit_disp"])},
         "attractor": {"attractor_unique_tokens_mean": lambda t: pooled_mean(t["attractor"])},
     }
     for column, extra in per_column.items():

@@ -66,6 +66,23 @@ def log_el_residual(h: torch.Tensor, grad: torch.Tensor, valid: torch.Tensor) ->
 
 
 @torch.no_grad()
+def logit_displacement_error(h0: torch.Tensor, h1: torch.Tensor, readout: Readout, weight: torch.Tensor,
+                             chunk: int = 256) -> torch.Tensor:
+    """(N,) ‖Δz − W·Δh‖ / ‖Δz‖ for steps h0 -> h1 (N, d), with z = readout(h) and W (V, d) the unembedding.
+
+    Prop. B.1 of the energy paper: the logits move by exactly W·Δh when the read-out is a bias-free linear map
+    (the site ``final``); a final norm, a soft-cap or a bias-carrying head shows up as a non-zero error.
+    """
+    out = []
+    for s in range(0, h0.shape[0], chunk):
+        a, b = h0[s:s + chunk], h1[s:s + chunk]
+        dz = (readout(b) - readout(a)).double()  # (n, V)
+        linear = (b - a).to(weight.dtype) @ weight.T  # (n, V)
+        out.append((dz - linear.double()).norm(dim=-1) / dz.norm(dim=-1).clamp_min(1e-300))
+    return torch.cat(out) if out else h0.new_zeros(0, dtype=torch.float64)
+
+
+@torch.no_grad()
 def attractor_unique_tokens(h0: torch.Tensor, h1: torch.Tensor, readout: Readout, n_alpha: int = 11,
                             chunk: int = 128) -> torch.Tensor:
     """(N,) how many distinct argmax tokens the read-out gives along h(α) = (1-α)h0 + αh1, α on a uniform grid.
