@@ -9,8 +9,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-import torch
-
 from ..checks import check_choice, check_device, check_range
 from ..errors import ConfigError, LensError
 from ..models import DEFAULT_MODEL
@@ -19,10 +17,6 @@ from ..models.pretrained.random_init import INIT_SCHEMES
 from ..models.spec import ModelSpec
 from ..trajectories.generate import DECODINGS
 from ..trajectories.trajectory import MODES
-
-
-def resolve_device(device: str) -> str:
-    return ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
 
 
 @dataclass

@@ -32,12 +32,12 @@ from ..data import CORPORA, load_prompts
 from ..errors import RunFolderError, UnsupportedArchitectureError
 from ..models import LoadedModel, load_model
 from ..models.pretrained.architectures import blocks
-from ..models.pretrained.loading import param_fingerprint
+from ..models.pretrained.loading import param_fingerprint, resolve_device
 from ..models.pretrained.random_init import build_random
 from ..models.spec import ModelSpec
 from ..provenance import claim_run_folder, environment, inside, package_versions, read_json, write_json
 from ..trajectories import Decoding, Site, Trajectory, extract, generate, load_trajectories, save_trajectories
-from .config import RunConfig, TrajectoryConfig, resolve_device
+from .config import RunConfig, TrajectoryConfig
 
 CORPUS_DEFAULT_PROMPTS = 32
 

@@ -26,13 +26,13 @@ from ..data.corpora import read_corpus
 from ..errors import ConfigError, DataError, LensError, TrajectoryError
 from ..mechanics.depth_data import DepthData
 from ..models import DEFAULT_MODEL, LoadedModel, load_model
+from ..models.pretrained.loading import resolve_device
 from ..models.spec import ModelSpec, file_sha256
 from ..provenance import claim_run_folder, environment, read_json, write_json
 from ..training import TrainConfig, load_checkpoint, train
 from ..training.checkpoint import checkpoint_dir, read_meta
 from ..trajectories import extract
 from ..trajectories.own import own_model_trajectories
-from .config import resolve_device
 from .plotting import plt, save
 from .registry import Experiment, register
 from .runner import digest

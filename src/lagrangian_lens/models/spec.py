@@ -105,9 +105,22 @@ class ModelSpec:
             files = sorted(p for g in globs for p in path.glob(g))
             out["files"] = {p.name: file_sha256(p) for p in files}
             out["spec"] = self.weights + ":" + path.name  # the location is not the identity: the content is
-        elif alias is not None:
-            if self.random and alias.config is not None:
-                out["config"] = hashlib.sha256(json.dumps(alias.config, sort_keys=True).encode()).hexdigest()
-            elif (gguf := alias.packaged_gguf()) is not None:
-                out["files"] = {gguf.name: file_sha256(gguf)}
+        elif alias is not None and self.random and alias.config is not None:
+            out["config"] = hashlib.sha256(json.dumps(alias.config, sort_keys=True).encode()).hexdigest()
+            # Its tokenizer is the hub-cached one when present, else the default model's: it shapes the tokens.
+            out["tokenizer"] = "hub-cache" if alias.hub_cached() else "default"
+        elif alias is not None and (gguf := alias.packaged_gguf()) is not None:
+            out["files"] = {gguf.name: file_sha256(gguf)}
+        else:  # a hub id: the cached snapshot's commit names the exact weights
+            out["snapshot"] = _hub_snapshot(alias.hub_id if alias is not None else self.base)
         return out
+
+
+def _hub_snapshot(hub_id: str | None) -> str | None:
+    """The commit of the locally cached snapshot of ``hub_id`` (None when nothing is cached)."""
+    if not hub_id or hub_id.count("/") != 1:
+        return None
+    from huggingface_hub import try_to_load_from_cache
+
+    found = try_to_load_from_cache(hub_id, "config.json")
+    return Path(found).parent.name if isinstance(found, str) else None

@@ -16,6 +16,7 @@ from ..checks import check_device
 from ..errors import ConfigError, ModelSpecError
 from ..models.own.gpt import GPT, GPTConfig, matched_gpt_config, n_params
 from ..models.own.splm import FORCE_MODES, MASS_MODES, SPLM, SPLMConfig
+from ..models.pretrained.loading import resolve_device as resolve_auto
 from ..models.spec import ModelSpec
 
 ARCHS = ("splm", "gpt")
@@ -25,10 +26,8 @@ MODEL_SPEC_RE = re.compile(r"(random:)?[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?")
 
 
 def resolve_device(device: str, field: str = "device") -> torch.device:
-    """The torch device ``device`` names; auto is the GPU when there is one, else the CPU."""
-    if check_device(field, device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    """The torch device ``device`` names, checked; auto is the GPU when there is one, else the CPU."""
+    return torch.device(resolve_auto(check_device(field, device)))
 
 
 def check_tokenizer_spec(spec: str, field: str = "tokenizer") -> str:

@@ -5,7 +5,6 @@ GGUF's sha256 so that a changed file never reuses a stale copy, reloads in a few
 """
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata
 import json
 import os
@@ -13,6 +12,7 @@ import shutil
 from pathlib import Path
 
 from ...errors import ModelSpecError
+from ..spec import file_sha256 as sha256_file  # one cached digest per file and process
 
 GGUF_MAGIC = b"GGUF"
 
@@ -23,14 +23,6 @@ def cache_root() -> Path:
         return Path(env).expanduser()
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base) / "lagrangian-lens"
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def distribution_files(dist_name: str, suffix: str) -> list[Path]:
