@@ -117,7 +117,7 @@ def test_stp_and_sphere_write_results_and_figures_on_both_axes(tmp_path, tiny_di
     assert len(list((tmp_path / "stp" / "figures").glob("*.png"))) == 2
     assert main(["sphere", *geo, "--out", str(tmp_path / "sphere")]) == 0
     (entry,) = json.loads((tmp_path / "sphere" / "results.json").read_text())["runs"]
-    assert 0 < entry["metrics"]["mean_step_angle"] < 3.1416 and 0 <= entry["metrics"]["mean_el_residual"] <= 1
+    assert 0 < entry["metrics"]["mean_step_angle"]["value"] < 3.1416 and 0 <= entry["metrics"]["mean_el_residual"]["value"] <= 1
     assert len(list((tmp_path / "sphere" / "figures").glob("*.png"))) == 2
     if axis == "depth":  # one path per token, each through embed + 3 blocks
         assert entry["metrics"]["n_steps"] == 3 * entry["metrics"]["n_paths"]

@@ -12,7 +12,7 @@ from lagrangian_lens.mechanics.kinematics import (
     stp_regulariser,
     triplet_kinematics,
 )
-from lagrangian_lens.mechanics.nulls import permutation_test
+from lagrangian_lens.mechanics.nulls import OrderStatistic, permutation_test
 from lagrangian_lens.mechanics.sphere import action, path_excess, sphere_kinematics
 
 
@@ -105,10 +105,11 @@ def test_permutation_null_is_strongly_negative_for_smooth_paths_and_near_zero_fo
               for _ in range(8)]
     noise = [torch.randn(40, 16, generator=g, dtype=torch.float64) for _ in range(8)]
 
-    def stat(paths):
-        k = [triplet_kinematics(p) for p in paths]
-        return {"perp": float(torch.cat([x["a_perp_norm"] for x in k]).mean())}
+    def perp(states):  # reordered states (K, n, T, d) -> sum and count (K,) of ‖a⊥‖ over the triplets
+        k = triplet_kinematics(states)["a_perp_norm"]
+        return {"perp": (k.sum((-2, -1)), torch.full(k.shape[:-2], k.shape[-2] * k.shape[-1]))}
 
+    stat = OrderStatistic.on_states(perp)
     smooth_test = permutation_test(stat, smooth, n_permutations=100, seed=0)["perp"]
     assert smooth_test.z < -10 and smooth_test.p_smaller == pytest.approx(1 / 101)
     zs = [permutation_test(stat, noise, n_permutations=100, seed=s)["perp"].z for s in range(5)]
@@ -145,3 +146,37 @@ def test_speed_decreasing_fraction_is_one_on_a_geometric_path():
     assert m["decelerating_fraction"]["value"] == 1.0  # on a straight-ish path, the two readings agree
     growing, _ = analyse_stp([path.flip(0), 3 * path.flip(0)], n_permutations=5, n_boot=50)
     assert growing["speed_decreasing_fraction"]["value"] == 0.0
+
+
+def test_stp_and_sphere_means_keep_their_definitions_and_gain_intervals_over_paths():
+    from lagrangian_lens.analysis.sphere import analyse_sphere
+    from lagrangian_lens.analysis.stp import analyse_stp
+
+    g = torch.Generator().manual_seed(0)
+    paths = [torch.randn(n, 8, generator=g, dtype=torch.float64).cumsum(0) + 4 for n in (12, 15, 12, 20, 9, 15)]
+    m, arrays, reps = analyse_sphere(paths, window=4, radius="sqrt_d", n_permutations=10, n_boot=200,
+                                     return_replicates=True)
+    norms = torch.cat([p.norm(dim=-1) for p in paths])
+    moved = sum(float((p[1:] - p[:-1]).norm(dim=-1).sum()) for p in paths)
+    radial = sum(float((p[1:].norm(dim=-1) - p[:-1].norm(dim=-1)).abs().sum()) for p in paths)
+    expected = {
+        "mean_step_angle": arrays["step_angle"].mean(), "mean_el_residual": arrays["el_residual"].mean(),
+        "mean_covariant_acceleration": arrays["covariant_acceleration"].mean(),
+        "median_geodesic_curvature": np.median(arrays["geodesic_curvature"]),
+        "mean_path_excess": arrays["path_excess"].mean(), "action_per_step": 0.5 * 8 * (arrays["step_angle"] ** 2).mean(),
+        "mean_norm": norms.mean().item(), "norm_cv": (norms.std() / norms.mean()).item(), "radial_fraction": radial / moved,
+    }
+    for name, value in expected.items():
+        assert m[name]["value"] == pytest.approx(value, rel=1e-12), name
+        assert m[name]["ci_low"] <= m[name]["value"] <= m[name]["ci_high"], name
+    assert reps.keys() == expected.keys()
+    assert all(r["draws"].shape == (200,) and r["units"].shape == (6,) for r in reps.values())
+    m, arrays, reps = analyse_stp(paths, n_permutations=10, n_boot=200, return_replicates=True)
+    expected = {"mean_a_parallel": arrays["a_parallel"].mean(), "mean_a_perp": arrays["a_perp"].mean(),
+                "mean_stp_loss": arrays["stp_loss"].mean(),
+                "tangential_normal_ratio": arrays["a_parallel"].mean() / arrays["a_perp"].mean()}
+    for name, value in expected.items():
+        assert m[name]["value"] == pytest.approx(value, rel=1e-12), name
+        assert m[name]["ci_low"] <= m[name]["value"] <= m[name]["ci_high"], name
+    assert expected.keys() <= reps.keys() and "decelerating_fraction" in reps
+    assert len(analyse_stp(paths, n_permutations=10, n_boot=20)) == 2  # without replicates: (metrics, arrays) as before

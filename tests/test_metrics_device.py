@@ -266,3 +266,18 @@ def test_analyse_energy_hands_back_a_host_table_and_plain_numbers(device, tokeni
         for name in ("global_cv", "mean_log_energy", "drift_h", "el_residual_median"):
             assert_close(torch.tensor(result.metrics[name]["value"]), torch.tensor(on_cpu.metrics[name]["value"]),
                          rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_kept_replicates_reproduce_the_interval_and_each_row_alone(device):
+    x = nan_table((30, 12), seed=4, loc=5.0)
+    table = {"x": torch.from_numpy(x).to(device)}
+    stats = {"mean": lambda t: pooled_mean(t["x"]), "median": lambda t: pooled_median(t["x"])}
+    est = bootstrap_many(stats, table, n_boot=300, seed=2, keep_draws=True)
+    for name, e in est.items():
+        assert isinstance(e.draws, np.ndarray) and e.draws.shape == (300,) and e.units.shape == (30,)
+        assert np.percentile(e.draws[np.isfinite(e.draws)], [2.5, 97.5]) == pytest.approx([e.low, e.high], rel=1e-12)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        np.testing.assert_allclose(est["mean"].units, np.nanmean(x, axis=1), rtol=1e-12)  # all-NaN row: NaN
+        np.testing.assert_allclose(est["median"].units, np.nanmedian(x, axis=1), rtol=1e-12)

@@ -150,3 +150,52 @@ def test_a_new_version_of_an_analysis_redoes_its_finished_runs(tmp_path, tiny_di
     monkeypatch.setattr(energy_mod, "energy_stage",
                         lambda *a, **k: __import__("dataclasses").replace(real(*a, **k), version=99))
     assert main(args) == 0 and len(count_loads) == 2  # same settings, newer analysis: not resumed
+
+
+def test_twins_get_replicates_and_a_separation_block_that_a_resume_keeps(tmp_path, tokenizer, count_loads):
+    import torch
+    from safetensors.torch import load_file
+
+    import lagrangian_lens as ll
+    from lagrangian_lens.analysis.geometry import PathConventions
+    from lagrangian_lens.analysis.stp import HEADLINE
+    from lagrangian_lens.experiments.config import BootstrapConfig, RunConfig
+    from lagrangian_lens.experiments.stp import StpConfig, run_stp
+    from lagrangian_lens.experiments.tables import SEPARATION_HEADER, summary_rows
+    from lagrangian_lens.mechanics.separation import DOES_NOT_SEPARATE, SEPARATES
+
+    from .conftest import tiny_model
+
+    loaded = ll.load_model(tiny_model("llama", seed=5), tokenizer=tokenizer)
+    out = tmp_path / "s"
+    cfg = StpConfig(run=RunConfig(models=[loaded], random_twins=True, n_prompts=3, device="cpu", out=str(out)),
+                    paths=PathConventions(n_permutations=20), bootstrap=BootstrapConfig(n_bootstrap=40))
+    pre, rnd = run_stp(cfg, progress=False)
+    assert (pre["weights"], rnd["weights"]) == ("pretrained", "random") and len(count_loads) == 2
+    for e in (pre, rnd):
+        saved = load_file(out / e["run"] / "replicates.safetensors")
+        assert saved["mean_a_perp.draws"].shape == (40,) and saved["mean_a_perp.units"].shape == (e["metrics"]["n_paths"],)
+        assert saved["mean_a_perp.draws"].dtype == torch.float64
+    doc = strict_load(out / "results.json")
+    assert [r["run"] for r in doc["runs"]] == [pre["run"], rnd["run"]]
+    assert doc["runs"][0] == strict_load(out / pre["run"] / "result.json")  # runs stay their result.json files
+    (block,) = doc["separation"]
+    assert (block["pretrained"], block["random"]) == (pre["run"], rnd["run"])
+    assert {"mean_a_perp", "tangential_normal_ratio", "decelerating_fraction"} <= block["metrics"].keys()
+    for sep in block["metrics"].values():
+        assert sep["verdict"] in (SEPARATES, DOES_NOT_SEPARATE) and sep["paired"] and sep["ci"] == 0.95
+    assert pre["separation"] == {"random": rnd["run"], "metrics": block["metrics"]} and "separation" not in rnd
+    rows = {r[0]: r for r in summary_rows([pre, rnd], HEADLINE)}
+    assert rows["metric"][-1] == SEPARATION_HEADER and rows["p_normal"][-1] == "-"
+    assert rows["mean_a_perp"][-1].endswith(block["metrics"]["mean_a_perp"]["verdict"])
+
+    pre_again, _ = run_stp(cfg, progress=False)  # resumed: nothing loaded, the separation rebuilt from the files
+    assert len(count_loads) == 2 and pre_again["separation"] == pre["separation"]
+    assert strict_load(out / "results.json")["separation"] == doc["separation"]
+
+    kept = (out / pre["run"] / "result.json").stat().st_mtime_ns
+    (out / rnd["run"] / "replicates.safetensors").unlink()  # a finished run without its replicates is redone
+    pre_again, _ = run_stp(cfg, progress=False)
+    assert (out / rnd["run"] / "replicates.safetensors").is_file()
+    assert (out / pre["run"] / "result.json").stat().st_mtime_ns == kept
+    assert pre_again["separation"] == pre["separation"]  # same trajectories, same seed: the same numbers

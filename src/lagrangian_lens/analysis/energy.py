@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -12,14 +12,13 @@ from ..checks import check_choice, check_range
 from ..errors import ConfigError, TrajectoryError
 from ..mechanics import (
     attractor_unique_tokens,
-    energy_metrics,
     energy_table,
     log_el_terms,
     logit_displacement_error,
     logprob_gradients,
 )
 from ..mechanics.energy import energy_series_many, step_rows
-from ..mechanics.energy_stats import ENERGY_SCALES
+from ..mechanics.energy_stats import ENERGY_SCALES, energy_metrics_with_replicates
 from ..trajectories import Site, Trajectory
 
 PPL_CHOICES = ("realized", "argmax")
@@ -59,6 +58,8 @@ class EnergyAnalysis:
     metrics: dict  # metric name -> {"value", "ci_low", "ci_high"} or a count
     step_tokens: np.ndarray  # (B, n) token id emitted at each step, -1 where absent
     step_positions: np.ndarray  # (B, n) position t of each step, -1 where absent
+    # metric name -> {"draws": (n_boot,), "units": (B,)}: the bootstrap replicates, for comparing runs
+    replicates: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
 
 
 def _span(tr: Trajectory, span: str) -> slice:
@@ -104,14 +105,14 @@ def analyse_energy(trajectories: Sequence[Trajectory], readout: Callable, conv: 
     if unembedding is not None:
         extra["logit_disp"] = _logit_displacement_rows(flat, lengths, series, readout, unembedding)
     table = energy_table(series, **extra)
-    metrics = energy_metrics(table, scale=conv.energy_scale, n_boot=n_boot, ci=ci, seed=seed)
+    metrics, replicates = energy_metrics_with_replicates(table, scale=conv.energy_scale, n_boot=n_boot, ci=ci, seed=seed)
     n_steps = sum(len(s.valid) for s in series)
     n_zero = int(torch.cat([s.valid for s in series]).logical_not().sum())
     metrics["zero_velocity_fraction"] = n_zero / max(n_steps, 1)
     metrics["repeated_token_fraction"] = float(np.concatenate(repeats).mean())
     width = table["H"].shape[1]
     host_table = {name: column.cpu().numpy() for name, column in table.items()}  # the table's one trip to the host
-    return EnergyAnalysis(host_table, metrics, _pad_int(tokens, width), _pad_int(positions, width))
+    return EnergyAnalysis(host_table, metrics, _pad_int(tokens, width), _pad_int(positions, width), replicates)
 
 
 def _logit_displacement_rows(flat, lengths, series, readout, weight) -> list[torch.Tensor]:

@@ -29,7 +29,7 @@ class PathConventions:
     axis: str = "token"  # token: h_t along positions at the site; depth: h_l along layers, one path per token
     site: str = "final"  # token axis: where h_t is read (final, embed, block.<l>); the depth axis uses every block
     skip_positions: int = 1  # drop the first this-many positions (attention-sink states with outsized norms)
-    n_permutations: int = 100  # shuffles of the order within each path for the permutation null
+    n_permutations: int = 1000  # shuffles of the order within each path for the permutation null (p >= 1/(n+1))
 
     def __post_init__(self):
         check_choice("axis", self.axis, AXES)

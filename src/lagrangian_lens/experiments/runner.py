@@ -8,9 +8,19 @@ the model is loaded again only when trajectories must be collected anew or the s
 
 Output of a stage, in its folder (the run folder, or ``<out>/<stage>`` inside a report)::
 
-    <folder>/results.json           one entry per finished run
-    <folder>/<run>/result.json      the same entry, written last: its presence (and key) marks the run finished
-    <folder>/<run>/trajectories.*   the collected trajectories (when kept), with their own key
+    <folder>/results.json               one entry per finished run ("runs"), and "separation": per pretrained
+                                        run with its random twin among the runs, each metric's separation
+    <folder>/<run>/result.json          the same entry, written last: its presence (and key) marks the run finished
+    <folder>/<run>/replicates.safetensors   the bootstrap replicates of the run's metrics (float64
+                                        ``<metric>.draws`` (n_boot,), ``<metric>.units`` (B,)), possibly none;
+                                        written before result.json and stamped with its key: part of "finished"
+    <folder>/<run>/trajectories.*       the collected trajectories (when kept), with their own key
+
+The separation of a metric (``mechanics.separation``) compares a pretrained run with its random twin (same
+``model``, weights 'random') on their replicates: the interval of the difference (a paired bootstrap over
+prompts, since both runs resample the same prompt indices with the run's seed), Cliff's delta of the
+per-trajectory values, and the verdict. The pretrained entry returned by ``run_stages`` carries it as
+``entry["separation"] = {"random": <twin run>, "metrics": {metric: separation}}``.
 """
 from __future__ import annotations
 
@@ -25,11 +35,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from ..data import CORPORA, load_prompts
 from ..errors import RunFolderError, UnsupportedArchitectureError
+from ..mechanics.separation import separation
 from ..models import LoadedModel, load_model
 from ..models.pretrained.architectures import blocks
 from ..models.pretrained.loading import param_fingerprint, resolve_device
@@ -38,8 +52,14 @@ from ..models.spec import ModelSpec
 from ..provenance import claim_run_folder, environment, inside, package_versions, read_json, write_json
 from ..trajectories import Decoding, Site, Trajectory, extract, generate, load_trajectories, save_trajectories
 from .config import RunConfig, TrajectoryConfig
+from .presets import preset_record
 
 CORPUS_DEFAULT_PROMPTS = 32
+# Folded into every stage's resume key: raised when the runner's own outputs change, so runs finished by an
+# older runner are redone. 2: replicates.safetensors and the separation block.
+RUNNER_VERSION = 2
+REPLICATES_FILE = "replicates.safetensors"
+DEFAULT_SEPARATION_CI = 0.95  # the level when a run's conventions record none ("ci")
 
 
 def digest(obj) -> str:
@@ -58,6 +78,7 @@ class Stage:
     save: Callable[[Path, dict], None] = lambda run_dir, result: None  # per-run files from analyse's output
     needs_model: bool = False  # the analysis calls the model (e.g. its read-out), not only the trajectories
     version: int = 1  # raised whenever the analysis computes something new: results of an older version are redone
+    across_runs: Callable[[list[dict]], dict] | None = None  # entries -> a summary over the runs (results.json)
 
 
 @dataclass(frozen=True)
@@ -177,7 +198,8 @@ def run_stages(cfg: RunConfig, traj: TrajectoryConfig, stages: list[Stage], *, e
     prompts = resolve_prompts(cfg)
     folders = folders or {stages[0].name: out}
     write_json(out / "run.json", {"experiment": experiment, "config": _plain(config), "seed": cfg.seed,
-                                  "prompts_sha256": digest(prompts), "environment": environment()})
+                                  "preset": preset_record(config), "prompts_sha256": digest(prompts),
+                                  "environment": environment()})
     for name, folder in folders.items():
         if folder != out:
             claim_run_folder(folder, name)
@@ -189,14 +211,93 @@ def run_stages(cfg: RunConfig, traj: TrajectoryConfig, stages: list[Stage], *, e
     for plan in tqdm(plan_runs(cfg), desc=f"{experiment}: models", disable=not progress):
         _run_plan(plan, cfg, traj, stages, folders, base, prompts, sites, entries, progress)
         for s in stages:  # finished results are on disk before the next model starts
-            write_json(folders[s.name] / "results.json", {"experiment": s.name, "runs": entries[s.name]})
+            write_json(folders[s.name] / "results.json", _results(s.name, entries[s.name], []))
+    for s in stages:  # every run is finished: compare each pretrained run with its random twin, summarise
+        pairs = separations(folders[s.name], entries[s.name])
+        summary = s.across_runs(entries[s.name]) if s.across_runs is not None else None
+        write_json(folders[s.name] / "results.json", _results(s.name, entries[s.name], pairs, summary))
     return entries
+
+
+def _results(stage: str, entries: list[dict], pairs: list[dict], across_runs: dict | None = None) -> dict:
+    """The stage's results.json: its runs exactly as their result.json files, the separation block, and the
+    stage's summary across runs (when it has one)."""
+    out = {"experiment": stage, "runs": [{k: v for k, v in e.items() if k != "separation"} for e in entries],
+           "separation": pairs}
+    if across_runs is not None:
+        out["across_runs"] = across_runs
+    return out
+
+
+def separations(folder: Path, entries: list[dict]) -> list[dict]:
+    """Per pretrained entry whose random twin (same ``model``, weights 'random') is among ``entries``: the
+    separation of every metric with replicates in both runs, read from their replicates files.
+
+    Returns [{"pretrained": run, "random": run, "metrics": {metric: Separation.to_dict()}}] and attaches
+    ``{"random": run, "metrics": ...}`` to each such pretrained entry as ``entry["separation"]``.
+    """
+    twins: dict[str, dict] = {}
+    for e in entries:
+        if e.get("weights") == "random":
+            twins.setdefault(e["model"], e)
+    pairs = []
+    for e in entries:
+        twin = twins.get(e["model"]) if e.get("weights") != "random" else None
+        if twin is None:
+            continue
+        a, b = (load_replicates(inside(folder, x["run"])) for x in (e, twin))
+        level = e.get("conventions", {}).get("ci", DEFAULT_SEPARATION_CI)
+        metrics = {}
+        for name in (n for n in a if n in b):
+            values = tuple(_point(x["metrics"].get(name)) for x in (e, twin))
+            metrics[name] = separation(a[name]["draws"], b[name]["draws"], a[name]["units"], b[name]["units"],
+                                       ci=level, values=values).to_dict()
+        e["separation"] = {"random": twin["run"], "metrics": metrics}
+        pairs.append({"pretrained": e["run"], "random": twin["run"], "metrics": metrics})
+    return pairs
+
+
+def _point(metric) -> float | None:
+    """The point value of an estimate {"value", ...}, or of a plain number."""
+    value = metric.get("value") if isinstance(metric, dict) else metric
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def save_replicates(run_dir: Path, replicates: dict, key: str) -> None:
+    """{metric: {"draws", "units"}} -> ``<run_dir>/replicates.safetensors``, float64, stamped with ``key``."""
+    tensors = {}
+    for name, parts in replicates.items():
+        for part in ("draws", "units"):
+            tensors[f"{name}.{part}"] = torch.as_tensor(np.asarray(parts[part], dtype=np.float64)).reshape(-1).contiguous()
+    save_file(tensors, str(run_dir / REPLICATES_FILE), metadata={"result_key": key})
+
+
+def load_replicates(run_dir: Path) -> dict[str, dict[str, np.ndarray]]:
+    """``<run_dir>/replicates.safetensors`` as {metric: {"draws": (n_boot,), "units": (B,)}}."""
+    out: dict[str, dict[str, np.ndarray]] = {}
+    for key, tensor in load_file(str(run_dir / REPLICATES_FILE)).items():
+        name, _, part = key.rpartition(".")
+        out.setdefault(name, {})[part] = tensor.numpy()
+    return {name: parts for name, parts in out.items() if {"draws", "units"} <= parts.keys()}
+
+
+def _replicates_match(run_dir: Path, key: str) -> bool:
+    """The run's replicates file exists and was written by the run of ``key`` (its header alone is read)."""
+    path = run_dir / REPLICATES_FILE
+    if not path.is_file():
+        return False
+    try:
+        with safe_open(str(path), "pt") as f:
+            return (f.metadata() or {}).get("result_key") == key
+    except Exception:  # a damaged header: recompute the run rather than fail
+        return False
 
 
 def _run_plan(plan, cfg, traj, stages, folders, base, prompts, sites, entries, progress) -> None:
     identity = plan.identity()
     traj_key = digest({**base, "model": identity})
-    keys = {s.name: digest({"trajectories": traj_key, "stage": s.name, "settings": s.settings, "version": s.version})
+    keys = {s.name: digest({"trajectories": traj_key, "stage": s.name, "settings": s.settings, "version": s.version,
+                            "runner": RUNNER_VERSION})
             for s in stages}
     pending = []
     for s in stages:
@@ -205,7 +306,7 @@ def _run_plan(plan, cfg, traj, stages, folders, base, prompts, sites, entries, p
         if entry and entry.get("run") != plan.name:
             raise RunFolderError(f"{finished} names the run {entry.get('run')!r}, not its own folder {plan.name!r}: "
                                  "the file was edited or damaged; delete it to recompute that run")
-        if entry.get("result_key") == keys[s.name]:
+        if entry.get("result_key") == keys[s.name] and _replicates_match(finished.parent, keys[s.name]):
             entries[s.name].append(entry)
             note(f"[resume] {s.name}/{plan.name}: finished earlier with the same settings, kept")
         else:
@@ -235,6 +336,7 @@ def _run_plan(plan, cfg, traj, stages, folders, base, prompts, sites, entries, p
         run_dir.mkdir(parents=True, exist_ok=True)
         result = s.analyse(trajectories, loaded, n_blocks)
         s.save(run_dir, result)
+        save_replicates(run_dir, result.get("replicates") or {}, keys[s.name])  # before result.json: part of finished
         entry = {"run": plan.name, "model": plan.label.removeprefix("random:"), "spec": plan.label,
                  "weights": plan.weights, "metrics": result["metrics"],
                  "conventions": {**result.get("conventions", {}), **common}, "model_identity": identity,

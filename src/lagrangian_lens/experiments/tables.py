@@ -1,7 +1,12 @@
-"""Printable tables of results entries: one row per metric, one column per run."""
+"""Printable tables of results entries: one row per metric, one column per run, and per pretrained run with a
+random twin the paper's number (``data.papers``) and the separation of the two (``mechanics.separation``)."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+
+from ..data.papers import paper_values
+
+SEPARATION_HEADER = "pretrained − random [CI]; δ; verdict"
 
 
 def cell(value) -> str:
@@ -25,14 +30,44 @@ def p_value_cell(p: float | None, n_permutations: int | None) -> str:
     return f"< {floor:.2g} (1/(n+1), n = {n_permutations})" if p <= floor * (1 + 1e-9) else cell(p)
 
 
-def summary_rows(entries: list[dict], keys: Sequence[str]) -> list[list[str]]:
-    rows = [["metric", *(e["run"] for e in entries)]]
+def separation_cell(sep: dict | None) -> str:
+    """``0.081 [0.07, 0.09]; δ = 0.93; separates`` (δ = - where it is unavailable); ``-`` without a separation."""
+    if not sep:
+        return "-"
+    number = lambda x: "-" if x is None else f"{x:.3g}"  # noqa: E731
+    return (f"{number(sep['difference'])} [{number(sep['ci_low'])}, {number(sep['ci_high'])}]; "
+            f"δ = {number(sep['cliffs_delta'])}; {sep['verdict']}")
+
+
+def paper_columns(entries: list[dict], experiment: str | None) -> list[tuple[str, dict[str, str]]]:
+    """(header, {metric: published value}) per pretrained model whose paper (or stand-in) numbers exist."""
+    if experiment is None:
+        return []
+    columns = []
+    for model in dict.fromkeys(e["model"] for e in entries if e.get("weights") != "random"):
+        values = paper_values(experiment, model, "pretrained")
+        if values:
+            columns.append((f"paper, {model} (pretrained)", values))
+    return columns
+
+
+def summary_rows(entries: list[dict], keys: Sequence[str], experiment: str | None = None) -> list[list[str]]:
+    """Header and one row per metric of ``keys``: its cell in every run, then the paper's number for it (when
+    ``experiment`` is given and the paper reports that model or a stand-in, see ``data.papers``), then its
+    separation in every pretrained run that carries one (``entry["separation"]``, set by the runner, for a stage
+    whose runs keep replicates). A cell without a value prints ``-``."""
+    pairs = [e for e in entries if (e.get("separation") or {}).get("metrics")]
+    papers = paper_columns(entries, experiment)
+    header = [SEPARATION_HEADER if len(pairs) == 1 else f"{e['model']}: {SEPARATION_HEADER}" for e in pairs]
+    rows = [["metric", *(e["run"] for e in entries), *(title for title, _ in papers), *header]]
     for key in keys:
         if key.startswith("p_"):
-            rows.append([key, *(p_value_cell(e["metrics"].get(key), e.get("conventions", {}).get("n_permutations"))
-                                for e in entries)])
+            cells = [p_value_cell(e["metrics"].get(key), e.get("conventions", {}).get("n_permutations"))
+                     for e in entries]
         else:
-            rows.append([key, *(cell(e["metrics"].get(key)) for e in entries)])
+            cells = [cell(e["metrics"].get(key)) for e in entries]
+        rows.append([key, *cells, *(values.get(key, "-") for _, values in papers),
+                     *(separation_cell(e["separation"]["metrics"].get(key)) for e in pairs)])
     return rows
 
 

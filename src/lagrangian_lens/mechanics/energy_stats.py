@@ -36,6 +36,7 @@ from .stats import (
     pooled_mean,
     pooled_median,
     pooled_var,
+    replicates,
     steps_diff,
 )
 
@@ -121,11 +122,21 @@ def energy_metrics(table: Table, *, scale: str = "log", n_boot: int = 1000, ci: 
     Computed on the table's device; the numbers reach the host together, once for the columns present, once
     for the bootstrap and once for the counts.
     """
+    return _energy_metrics(table, scale=scale, n_boot=n_boot, ci=ci, seed=seed, keep_draws=False)[0]
+
+
+def energy_metrics_with_replicates(table: Table, *, scale: str = "log", n_boot: int = 1000, ci: float = 0.95,
+                                   seed: int = 0) -> tuple[dict, dict]:
+    """``energy_metrics`` and, per bootstrapped metric, its replicates {"draws": (n_boot,), "units": (B,)}."""
+    return _energy_metrics(table, scale=scale, n_boot=n_boot, ci=ci, seed=seed, keep_draws=True)
+
+
+def _energy_metrics(table: Table, *, scale: str, n_boot: int, ci: float, seed: int, keep_draws: bool):
     present = [c for c, ok in zip(table, torch.stack([torch.isfinite(v).any() for v in table.values()]).tolist())
                if ok]
     stats = energy_statistics(scale, present)
-    metrics = {name: est.to_dict() for name, est in
-               bootstrap_many(stats, table, n_boot=n_boot, ci=ci, seed=seed).items()}
+    estimates = bootstrap_many(stats, table, n_boot=n_boot, ci=ci, seed=seed, keep_draws=keep_draws)
+    metrics = {name: est.to_dict() for name, est in estimates.items()}
     h, v = table["H"], table["V"]
     counts = [torch.isfinite(h).sum(), (torch.isfinite(h) & ~(v > KV_RATIO_V_FLOOR)).sum()]
     if "attractor" in table:
@@ -142,4 +153,4 @@ def energy_metrics(table: Table, *, scale: str = "log", n_boot: int = 1000, ci: 
     metrics["n_trajectories"] = int(h.shape[0])
     metrics["n_steps"] = int(counts[0])
     metrics["kv_ratio_steps_excluded"] = int(counts[1])
-    return metrics
+    return metrics, replicates(estimates)

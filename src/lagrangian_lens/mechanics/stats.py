@@ -5,6 +5,10 @@ trajectory does not have (padding, zero velocity). NaN never leaves this module:
 Statistics reduce the last two axes only, so one call evaluates a whole stack of bootstrap resamples
 (n_boot, B, n) at once.
 
+Asked for them (``keep_draws``), the bootstrap also hands back its replicates: each statistic's draws
+(n_boot,) and its per-trajectory *unit* values (B,), the statistic on each row alone. Two runs compare on them
+(``mechanics.separation``): the draws give the interval of a difference, the units an effect size.
+
 Everything runs on the table's device and only the final numbers reach the host. The table is float64 on
 every device: the statistics are memory-bound reductions (at most a few times n_boot·B·n elements), where
 float64 costs twice the bandwidth of float32 and no more, while float32 sums over ~10⁶ pooled values would
@@ -16,7 +20,7 @@ import contextlib
 import functools
 import math
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -150,19 +154,31 @@ def normalise_by_row_mean_exp(log_x: torch.Tensor) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class Estimate:
-    """A point estimate with a percentile bootstrap interval over trajectories."""
+    """A point estimate with a percentile bootstrap interval over trajectories.
+
+    ``draws`` (n_boot,) and ``units`` (B,) are the replicates behind it, kept only when asked
+    (``bootstrap_many(keep_draws=True)``); they take no part in equality or ``to_dict``.
+    """
 
     value: float
     low: float
     high: float
+    draws: np.ndarray | None = field(default=None, compare=False, repr=False)  # (n_boot,) the bootstrap values
+    units: np.ndarray | None = field(default=None, compare=False, repr=False)  # (B,) the statistic on each row alone
 
     def to_dict(self) -> dict:
         return {"value": self.value, "ci_low": self.low, "ci_high": self.high}
 
 
+def replicates(estimates: dict[str, Estimate]) -> dict[str, dict[str, np.ndarray]]:
+    """{name: {"draws": (n_boot,), "units": (B,)}} of every estimate that kept its replicates."""
+    return {name: {"draws": e.draws, "units": e.units} for name, e in estimates.items() if e.draws is not None}
+
+
 @contextlib.contextmanager
-def _serial_on_cpu(device: torch.device) -> Iterator[None]:
-    """Run the resample reductions without intra-op threads on a CPU.
+def serial_on_cpu(device: torch.device) -> Iterator[None]:
+    """Run many small ops (bootstrap resample reductions, permutation-null chunks) without intra-op threads
+    on a CPU.
 
     Each op touches a few MB at most, too little to gain from threads, and on a loaded machine OpenMP's
     fork/join makes them several times slower (120 ms single-threaded, 0.5-1.5 s with 2 threads on the 2-core
@@ -186,20 +202,42 @@ def resample_indices(n_rows: int, n_boot: int, seed: int, device) -> torch.Tenso
 
 
 def bootstrap_many(statistics: dict[str, Statistic], table: Table, *, n_boot: int = 1000, ci: float = 0.95,
-                   seed: int = 0, chunk: int | None = None) -> dict[str, Estimate]:
+                   seed: int = 0, chunk: int | None = None, keep_draws: bool = False) -> dict[str, Estimate]:
     """Percentile bootstrap of several statistics on the SAME resamples of whole trajectories (rows).
 
     Each resample chunk copies the table once and every statistic reads it, so the cost is one gather plus
     one reduction per statistic; derived row-wise columns belong in the table before resampling. ``chunk``
     resamples are held at once (default: as many as fit in the device's BOOTSTRAP_CHUNK_ELEMENTS). The intervals are
     numpy.percentile's linear interpolation over the finite draws; only the final numbers go to the host.
+
+    ``keep_draws``: each estimate also carries its draws (n_boot,), empty without resamples, and its unit
+    values (B,), the statistic on each row alone (NaN where a single row does not define it). The resample
+    indices depend only on (B, n_boot, seed, device), so two tables of as many rows bootstrapped with one
+    seed see the same resamples of row indices: their draws pair up.
     """
-    with _serial_on_cpu(next(iter(table.values())).device):
-        return _bootstrap_many(statistics, table, n_boot=n_boot, ci=ci, seed=seed, chunk=chunk)
+    with serial_on_cpu(next(iter(table.values())).device):
+        return _bootstrap_many(statistics, table, n_boot=n_boot, ci=ci, seed=seed, chunk=chunk,
+                               keep_draws=keep_draws)
+
+
+def _unit_values(statistics: dict[str, Statistic], table: Table) -> torch.Tensor:
+    """(S, B) every statistic on every row alone, one call each: a (B, 1, n) table is exactly a chunk of B
+    one-row resamples, so the statistics need nothing new."""
+    first = next(iter(table.values()))
+    n_rows = first.shape[0]
+    rows = {k: v[:, None] for k, v in table.items()}  # (B, 1, n) views
+    out = []
+    for name, fn in statistics.items():
+        value = torch.as_tensor(fn(rows), dtype=torch.float64, device=first.device)
+        if value.numel() != n_rows:
+            raise ValueError(f"statistic {name!r} maps a (B, 1, n) table to shape {tuple(value.shape)}, not (B,) = "
+                             f"({n_rows},): a statistic must reduce the last two axes only")
+        out.append(value.reshape(n_rows))
+    return torch.stack(out) if out else torch.empty(0, n_rows, dtype=torch.float64, device=first.device)
 
 
 def _bootstrap_many(statistics: dict[str, Statistic], table: Table, *, n_boot: int, ci: float, seed: int,
-                    chunk: int | None) -> dict[str, Estimate]:
+                    chunk: int | None, keep_draws: bool) -> dict[str, Estimate]:
     names = list(statistics)
     first = next(iter(table.values()))
     device = first.device
@@ -207,7 +245,10 @@ def _bootstrap_many(statistics: dict[str, Statistic], table: Table, *, n_boot: i
                           for fn in statistics.values()])  # (S,)
     n_rows = first.shape[0]
     if n_boot <= 0 or n_rows < 2:
-        return {name: Estimate(v, v, v) for name, v in zip(names, values.tolist())}
+        if not keep_draws:
+            return {name: Estimate(v, v, v) for name, v in zip(names, values.tolist())}
+        units = _unit_values(statistics, table).cpu().numpy()  # (S, B)
+        return {name: Estimate(v, v, v, np.empty(0), units[i]) for i, (name, v) in enumerate(zip(names, values.tolist()))}
     idx = resample_indices(n_rows, n_boot, seed, device)  # (n_boot, B)
     if chunk is None:
         per_resample = sum(v.numel() for v in table.values())
@@ -225,7 +266,11 @@ def _bootstrap_many(statistics: dict[str, Statistic], table: Table, *, n_boot: i
     bounds = torch.nanquantile(draws.masked_fill(~torch.isfinite(draws), math.nan), q, dim=-1)  # (2, S)
     bounds = torch.where(torch.isnan(bounds), values, bounds)
     point, low, high = torch.cat([values[None], bounds]).tolist()
-    return {name: Estimate(v, lo, hi) for name, v, lo, hi in zip(names, point, low, high)}
+    if not keep_draws:
+        return {name: Estimate(v, lo, hi) for name, v, lo, hi in zip(names, point, low, high)}
+    kept, units = draws.cpu().numpy(), _unit_values(statistics, table).cpu().numpy()  # (S, n_boot), (S, B)
+    return {name: Estimate(v, lo, hi, kept[i], units[i])
+            for i, (name, v, lo, hi) in enumerate(zip(names, point, low, high))}
 
 
 def bootstrap(statistic: Statistic, table: Table, *, n_boot: int = 1000, ci: float = 0.95, seed: int = 0,
