@@ -17,6 +17,9 @@ import textwrap
 import tokenize
 import typing
 
+from ..experiments.config_tree import build_config
+from ..experiments.presets import from_preset
+
 
 def field_docs(cls) -> dict[str, str]:
     """Attribute docstrings of a dataclass and its dataclass bases: {field name: the string literal under it}."""
@@ -110,34 +113,10 @@ def given_options(cls, namespace: argparse.Namespace, instance=None) -> dict:
     return given
 
 
-def build_config(cls, values: dict, instance=None):
-    """``cls`` with the leaf values in ``values`` (flat, by field name) applied over its defaults, recursively.
-
-    Validation runs in each part's ``__post_init__``, so a bad value fails here, before any work.
-    """
-    instance = instance if instance is not None else cls()
-    kwargs = {}
-    for f in dataclasses.fields(cls):
-        if not f.init:
-            continue
-        current = getattr(instance, f.name)
-        if dataclasses.is_dataclass(current):
-            kwargs[f.name] = build_config(type(current), values, current)
-        else:
-            kwargs[f.name] = values.get(f.name, current)
-    return cls(**kwargs)
-
-
 def dataclass_from_args(cls, namespace: argparse.Namespace):
-    """Build ``cls`` from parsed options: the given ones over the config's own defaults."""
-    return build_config(cls, given_options(cls, namespace))
-
-
-def leaf_fields(cls, instance=None) -> list[str]:
-    """Every leaf field name of a (composed) config, in declaration order."""
-    instance = instance if instance is not None else cls()
-    names = []
-    for f in dataclasses.fields(cls):
-        value = getattr(instance, f.name)
-        names += leaf_fields(type(value), value) if dataclasses.is_dataclass(value) else [f.name]
-    return names
+    """Build ``cls`` from parsed options: the given ones over a preset's values (``--preset``), over the
+    config's own defaults."""
+    given = given_options(cls, namespace)
+    if given.get("preset") is not None:
+        return from_preset(cls, given.pop("preset"), **given)
+    return build_config(cls, given)

@@ -17,14 +17,17 @@ from ..models.pretrained.random_init import INIT_SCHEMES
 from ..models.spec import ModelSpec
 from ..trajectories.generate import DECODINGS
 from ..trajectories.trajectory import MODES
+from .presets import PRESETS
 
 
 @dataclass
 class RunConfig:
     """Which models run, on which prompts, on what hardware, into which folder."""
 
-    CHOICES = {"init": INIT_SCHEMES, "dtype": tuple(DTYPES)}
+    CHOICES = {"init": INIT_SCHEMES, "dtype": tuple(DTYPES), "preset": tuple(PRESETS)}
 
+    preset: str | None = None
+    """A paper's protocol (see README, Presets): its settings apply unless an option overrides them; results record both."""
     models: list[str] = field(default_factory=lambda: [DEFAULT_MODEL])
     """Model specs: alias, hub id, local directory, .gguf path, or random:<spec> (from Python also loaded models)."""
     random_twins: bool = False
@@ -61,6 +64,8 @@ class RunConfig:
                     ModelSpec.parse(m)
                 except LensError as exc:
                     raise ConfigError("models", str(exc)) from None
+        if self.preset is not None:
+            check_choice("preset", self.preset, tuple(PRESETS))
         check_choice("init", self.init, INIT_SCHEMES)
         check_choice("dtype", self.dtype, tuple(DTYPES))
         check_device("device", self.device)

@@ -47,7 +47,7 @@ class Experiment:
     def summarise(self, results) -> str:
         if self.summary is not None:
             return self.summary(results)
-        return format_table(summary_rows(results, self.headline))
+        return format_table(summary_rows(results, self.headline, self.name))
 
 
 REGISTRY: dict[str, Experiment] = {}
