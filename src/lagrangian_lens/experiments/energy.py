@@ -3,7 +3,8 @@
 Reproduces the structure of the energy paper's Tables 1, 2 and 4 and its attractor test. Output folder::
 
     DIR/run.json, DIR/results.json, DIR/<run>/result.json   as for every experiment (see .runner)
-    DIR/<run>/steps.csv     trajectory, step, position, token_id, log_kinetic, log_ppl, log_energy, ...
+    DIR/<run>/steps.csv     trajectory, step, position, token_id, token_text, log_kinetic, log_ppl, log_energy, ...
+    DIR/<run>/samples.txt   the context and continuation of the first trajectories, as text
     DIR/<run>/trajectories.safetensors (+ .json)   the states at the site, for re-analysis
     DIR/figures/*.png       comparisons across runs
 """
@@ -16,16 +17,22 @@ from pathlib import Path
 
 import numpy as np
 
+from ..analysis.cross_model import size_correlations
+from ..data.papers import missing
 from ..analysis.energy import EnergyAnalysis, EnergyConventions, analyse_energy
 from ..errors import ConfigError, TrajectoryError
 from ..mechanics.stats import normalise_by_row_mean_exp, steps_diff
 from ..models.pretrained.architectures import unembedding
 from ..trajectories import Site, readout
+from . import definitions
 from .config import BootstrapConfig, RunConfig, TrajectoryConfig
+from .definitions import definitions_table
 from .energy_figures import energy_figures
+from .explain import explain_energy
 from .registry import Experiment, register
 from .runner import Stage
-from .section import FigureBlock, Section, TableBlock, conventions_table
+from .samples import SAMPLES_FILE, read_samples, samples_of, token_texts, write_samples
+from .section import FigureBlock, Section, TableBlock, TextBlock, conventions_table, opening
 from .tables import summary_rows
 
 HEADLINE = ("global_cv", "avg_trajectory_cv", "cv_of_trajectory_means", "mean_log_energy", "kv_ratio_of_means",
@@ -35,6 +42,7 @@ DETAIL = ("mean_log_kinetic", "mean_log_ppl", "mean_delta_h", "mean_delta_e_norm
           "drift_e_norm", "mean_entropy", "entropy_variance", "el_residual_mean", "el_residual_median_minus",
           "el_cos_median", "el_scale_ratio_median", "classical_energy_cv", "mean_log_lagrangian", "log_action_per_step",
           "logit_displacement_rel_error", "attractor_unique_tokens_sem")
+SIZE_METRICS = ("drift_h", "drift_e_norm")  # Table 5: parameter count against energy drift, each normalisation
 MIN_STEPS = 3  # states along the analysed span: 2 velocities give one ΔH and one Euler–Lagrange residual
 
 
@@ -83,61 +91,56 @@ def energy_stage(conv: EnergyConventions, boot: BootstrapConfig, seed: int, cont
         device = next(loaded.model.parameters()).device
         analysis = analyse_energy(trajectories, readout(loaded.model, c.site), c, n_boot=boot.n_bootstrap,
                                   ci=boot.ci, seed=seed, device=device, unembedding=unembedding(loaded.model).weight)
-        return {"metrics": analysis.metrics, "conventions": dataclasses.asdict(c), "analysis": analysis}
+        # The tokenizer lives with the model: the text is decoded here, for save() to write beside the numbers.
+        return {"metrics": analysis.metrics, "analysis": analysis, "replicates": analysis.replicates,
+                "conventions": {**dataclasses.asdict(c), "n_boot": boot.n_bootstrap, "ci": boot.ci},
+                "samples": samples_of(trajectories, loaded.tokenizer),
+                "token_text": token_texts(loaded.tokenizer, analysis.step_tokens.ravel())}
 
     def save(run_dir: Path, result: dict) -> None:
-        write_steps_csv(run_dir / "steps.csv", result["analysis"])
+        write_steps_csv(run_dir / "steps.csv", result["analysis"], result["token_text"])
+        write_samples(run_dir / SAMPLES_FILE, result["samples"])
 
     settings = {"conventions": dataclasses.asdict(conv), "bootstrap": dataclasses.asdict(boot)}
-    return Stage("energy", conv.site, settings, analyse, save, needs_model=True, version=3)  # 3: EL signs, classical, Prop. B.1
+    return Stage("energy", conv.site, settings, analyse, save, needs_model=True, version=4,
+                 across_runs=lambda entries: {"size_correlations": size_correlations(entries, SIZE_METRICS, boot.ci)})  # 4: samples.txt, token_text
 
 
-STEP_COLUMNS = ("trajectory", "step", "position", "token_id", "log_kinetic", "log_ppl", "log_energy", "entropy",
-                "el_residual", "attractor_unique_tokens", "power_e_norm", "zero_velocity")
+STEP_COLUMNS = ("trajectory", "step", "position", "token_id", "token_text", "log_kinetic", "log_ppl", "log_energy",
+                "entropy", "el_residual", "attractor_unique_tokens", "power_e_norm", "zero_velocity")
 
 
-def write_steps_csv(path: Path, analysis: EnergyAnalysis) -> None:
+def write_steps_csv(path: Path, analysis: EnergyAnalysis, token_text: dict[int, str] | None = None) -> None:
     """One row per step; energy cells of a zero-velocity step (and absent values) are left empty.
 
+    ``token_text`` maps a token id to its text, decoded on its own (the column is empty without it); the csv
+    module quotes that text, so a token holding a comma, a quote or a newline keeps the file valid.
     ``power_e_norm`` is the per-step power dE/dt (dt = one token) on E divided by its trajectory mean.
     """
+    token_text = token_text or {}
     t = dict(analysis.table)
     power = steps_diff(normalise_by_row_mean_exp(t["H"]))
     t["power"] = np.concatenate([power, np.full((power.shape[0], 1), np.nan)], axis=1)
     cell = lambda x: "" if x != x else repr(float(x))  # noqa: E731  NaN -> empty cell
-    with open(path, "w", newline="") as f:
+    with open(path, "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
         w.writerow(STEP_COLUMNS)
         for b in range(t["H"].shape[0]):
             for i in range(t["H"].shape[1]):
                 if analysis.step_positions[b, i] < 0:
                     continue
-                w.writerow([b, i, int(analysis.step_positions[b, i]), int(analysis.step_tokens[b, i]),
+                token = int(analysis.step_tokens[b, i])
+                w.writerow([b, i, int(analysis.step_positions[b, i]), token, token_text.get(token, ""),
                             *(cell(t[c][b, i]) if c in t else "" for c in ("K", "V", "H", "entropy", "el", "attractor", "power")),
                             int(t["H"][b, i] != t["H"][b, i])])
 
 
-DEFINITIONS = [
-    ["v_t", "h_t − h_{t−1}", "velocity of the state at the site between consecutive positions"],
-    ["K_t", "ln(½‖v_t‖²)", "log-kinetic energy"],
-    ["V_t", "−ln p(x_t | h_t) = ln PPL_t", "log-potential: point perplexity of the token emitted from h_t"],
-    ["H_t", "K_t + V_t = ln E_t", "log-energy; E_t = ½‖v_t‖²·PPL_t"],
-    ["global_cv", "std/|mean| of all (trajectory, step) values", "conservation across the whole run"],
-    ["avg_trajectory_cv", "mean over trajectories of std_t/|mean_t|", "conservation within a trajectory"],
-    ["cv_of_trajectory_means", "CV of per-trajectory means", "the other reading of 'average of averages'"],
-    ["kv_ratio_of_means / mean_kv_ratio", "⟨K⟩/⟨V⟩ and ⟨K_t/V_t⟩ (V_t > 1e-6)", "balance of the two terms"],
-    ["mean_delta_h, mean_abs_delta_h, drift_h", "⟨ΔH⟩, ⟨|ΔH|⟩, ΣΔH/Σ|ΔH|", "local conservation on the H scale"],
-    ["*_e_norm", "the same on E_t / mean_t E_t", "local conservation on normalised E"],
-    ["el_residual", "‖Δ(2v/‖v‖²) − ∇_h ln p(x_t|h_t)‖ / (‖Δ(2v/‖v‖²)‖ + ‖∇‖)", "log-Euler–Lagrange residual, 0 = exact"],
-    ["el_residual_median_minus", "median ‖Δp + ∇‖ / (‖Δp‖ + ‖∇‖)", "the same residual with the sign of Thm. D.1's proof"],
-    ["el_cos_median, el_scale_ratio_median", "median cos(Δp_t, ∇_h ln p), median ‖Δp_t‖ / ‖∇_h ln p‖",
-     "whether the two sides point the same way, and their size ratio"],
-    ["classical_energy_cv", "CV of ½‖v_t‖² − ln p_t", "the classical (not log) energy; the paper says it exceeds 50 %"],
-    ["mean_log_lagrangian, log_action_per_step", "⟨K − V⟩ over steps; per trajectory Σ(K − V)/n, averaged",
-     "the log-Lagrangian and its action per step"],
-    ["logit_displacement_rel_error", "median ‖Δz − W·Δh‖ / ‖Δz‖", "Prop. B.1: 0 at final for a bias-free head"],
-    ["attractor_unique_tokens", "distinct argmax tokens on (1−α)h_t + αh_{t+1}, α = 0, 0.1, …, 1", "neighbouring-attractor test"],
-]
+def size_rows(rows: list[dict]) -> list[list[str]]:
+    """Table 5's summary: one row per weight class and drift metric."""
+    number = lambda x: "-" if x is None else f"{x:.3g}"  # noqa: E731
+    return [["weights", "metric", "models", "Pearson r [CI]", "p"],
+            *([r["weights"], r["metric"], str(r["n"]), f"{number(r['r'])} [{number(r['ci_low'])}, {number(r['ci_high'])}]",
+               number(r["p_value"])] for r in rows)]
 
 
 def report_section(out: Path, entries: list[dict]) -> Section:
@@ -147,15 +150,24 @@ def report_section(out: Path, entries: list[dict]) -> Section:
     return Section(
         title="Point-perplexity energy",
         paragraphs=[
+            *opening(explain_energy(entries)),
             "Each model continues every prompt; along the trajectory of states at the site, the log-energy "
             "H_t = ln(½‖v_t‖²) + ln PPL_t is computed per step. A conserved energy would show a small CV and no drift. "
             "Intervals are percentile bootstraps over trajectories. Zero-velocity steps are excluded and counted.",
+            "The paper's Table 4 (⟨ΔE⟩, ⟨|ΔE|⟩, drift) leaves its normalisation unstated (its ⟨|ΔE|⟩ near 0.01 cannot "
+            "be on the H scale), so every normalisation offered is reported under its own name: *_h on H = ln E, "
+            "*_e_norm on E divided by its trajectory mean.",
+            *(f"Not in the paper column: {m['what']} ({m['why']})." for m in missing() if m["paper"] == "energy"),
         ],
         tables=[
-            TableBlock("Metrics, value [CI]", summary_rows(entries, HEADLINE + DETAIL)),
+            TableBlock("Metrics, value [CI]", summary_rows(entries, HEADLINE + DETAIL, "energy")),
+            *([TableBlock("Across models (Table 5): Pearson r of parameter count against drift", size_rows(sizes))]
+              if (sizes := size_correlations(entries, SIZE_METRICS)) else []),
             conventions_table(conv, skip=("init",)),
-            TableBlock("Definitions", [["quantity", "formula", "meaning"], *DEFINITIONS]),
+            definitions_table(definitions.ENERGY),
         ],
+        texts=[TextBlock(f"{e['run']}: the first prompts and their continuations ({SAMPLES_FILE})", text)
+               for e in entries if (text := read_samples(Path(out) / e["run"])) is not None],
         figures=[
             FigureBlock(fig / "energy_traces.png", "Log-energy H_t along the first trajectories of each run."),
             FigureBlock(fig / "log_energy_distribution.png", "Distribution of H_t over all steps, pretrained vs random."),

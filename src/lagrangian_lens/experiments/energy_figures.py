@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 
 from .plotting import plt, read_columns, run_colour, save
+from .section import interval_of, value_of
 
 COLUMNS = ("trajectory", "step", "log_kinetic", "log_ppl", "log_energy", "attractor_unique_tokens")
 
@@ -69,10 +70,11 @@ def _cv_bars(entries, path):
     fig, ax = plt.subplots(figsize=(7, 3.6))
     width = 0.8 / len(entries)
     for i, e in enumerate(entries):
-        vals = [e["metrics"][k] for k in keys]
-        x = np.arange(len(keys)) + i * width
-        err = np.array([[v["value"] - v["ci_low"], v["ci_high"] - v["value"]] for v in vals]).T
-        ax.bar(x, [v["value"] for v in vals], width, yerr=np.clip(err, 0, None), capsize=3,
+        values = [value_of(e["metrics"][k]) for k in keys]
+        # a metric without an interval (a plain number) gets no error bar
+        spans = [interval_of(e["metrics"][k]) or (v, v) for k, v in zip(keys, values)]
+        err = np.array([[v - lo, hi - v] for v, (lo, hi) in zip(values, spans)]).T
+        ax.bar(np.arange(len(keys)) + i * width, values, width, yerr=np.clip(err, 0, None), capsize=3,
                color=run_colour(e, i), label=e["run"])
     ax.set_xticks(np.arange(len(keys)) + 0.4 - width / 2, keys, fontsize=8)
     ax.set_ylabel("coefficient of variation")

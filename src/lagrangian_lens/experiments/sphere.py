@@ -13,12 +13,15 @@ import numpy as np
 
 from ..analysis.geometry import PathConventions
 from ..analysis.sphere import HEADLINE, SphereConventions, analyse_sphere
-from .config import RunConfig, TrajectoryConfig
+from . import definitions
+from .config import BootstrapConfig, RunConfig, TrajectoryConfig
+from .definitions import definitions_table
+from .explain import explain_sphere
 from .geometry import geometry_trajectories, path_stage
 from .plotting import plt, real_vs_null_grid, run_colour, save
 from .registry import Experiment, register
 from .runner import Stage
-from .section import FigureBlock, Section, TableBlock, conventions_table
+from .section import FigureBlock, Section, TableBlock, conventions_table, opening
 from .tables import summary_rows
 
 
@@ -30,10 +33,11 @@ class SphereConfig:
     trajectories: TrajectoryConfig = field(default_factory=geometry_trajectories)
     paths: PathConventions = field(default_factory=PathConventions)
     sphere: SphereConventions = field(default_factory=SphereConventions)
+    bootstrap: BootstrapConfig = field(default_factory=BootstrapConfig)
 
 
-def sphere_stage(paths: PathConventions, own: SphereConventions, seed: int) -> Stage:
-    return path_stage("sphere", paths, own, analyse_sphere, "sphere.npz", seed)
+def sphere_stage(paths: PathConventions, own: SphereConventions, boot: BootstrapConfig, seed: int) -> Stage:
+    return path_stage("sphere", paths, own, analyse_sphere, "sphere.npz", seed, boot=boot)
 
 
 def sphere_figures(out: Path, entries: list[dict]) -> list[Path]:
@@ -58,12 +62,14 @@ def report_section(out: Path, entries: list[dict]) -> Section:
     return Section(
         title=f"Hypersphere geodesics ({conv['axis']} axis)",
         paragraphs=[
+            *opening(explain_sphere(entries)),
             "States are projected to the unit sphere. Along a geodesic at constant speed the covariant acceleration, "
             "the geodesic curvature and the Euler–Lagrange residual of the discrete action ½Σθ² all vanish and the "
             "path-length excess is 0. The permutation null shuffles the order within each path; z < 0 means "
             "straighter than chance. The radial part ‖h‖ is reported beside it.",
         ],
-        tables=[TableBlock("Sphere metrics", summary_rows(entries, HEADLINE)),
+        tables=[TableBlock("Sphere metrics, value [CI over paths]", summary_rows(entries, HEADLINE, "sphere")),
+                definitions_table(definitions.SPHERE),
                 conventions_table(conv)],
         figures=[FigureBlock(Path(out) / "figures" / "sphere_distributions.png",
                              "Step angles, geodesic curvature and EL residuals, real order against one shuffle."),
@@ -74,9 +80,9 @@ def report_section(out: Path, entries: list[dict]) -> Section:
 EXPERIMENT = register(Experiment(
     name="sphere", help="hypersphere geodesic diagnostics against a permutation null", config=SphereConfig,
     section=report_section, headline=HEADLINE, figures=sphere_figures,
-    stage=lambda cfg: sphere_stage(cfg.paths, cfg.sphere, cfg.run.seed),
+    stage=lambda cfg: sphere_stage(cfg.paths, cfg.sphere, cfg.bootstrap, cfg.run.seed),
     report_stage=lambda cfg: sphere_stage(dataclasses.replace(cfg.paths, axis="token", site=cfg.energy.site), cfg.sphere,
-                                         cfg.run.seed),
+                                         cfg.bootstrap, cfg.run.seed),
 ))
 
 

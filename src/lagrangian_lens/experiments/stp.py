@@ -13,12 +13,15 @@ import numpy as np
 
 from ..analysis.geometry import PathConventions
 from ..analysis.stp import HEADLINE, StpConventions, analyse_stp
+from . import definitions
 from .config import BootstrapConfig, RunConfig, TrajectoryConfig
+from .definitions import definitions_table
+from .explain import explain_stp
 from .geometry import geometry_trajectories, path_stage
 from .plotting import plt, real_vs_null_grid, run_colour, save
 from .registry import Experiment, register
 from .runner import Stage
-from .section import FigureBlock, Section, TableBlock, conventions_table
+from .section import FigureBlock, Section, TableBlock, conventions_table, opening
 from .tables import summary_rows
 
 
@@ -33,22 +36,9 @@ class StpConfig:
     bootstrap: BootstrapConfig = field(default_factory=BootstrapConfig)
 
 
-DEFINITIONS = [
-    ["cos_nonnegative_fraction", "share of triplets with cos(d1, d2) ≥ 0, where the paper's identity applies"],
-    ["paper_identity_failure_fraction", "share where |1 − √(1 − ‖a⊥‖²/‖d2‖²) − (1 − cos)| > 1e-6"],
-    ["paper_identity_max_abs_error_cos_nonnegative", "the largest such error over triplets with cos ≥ 0"],
-    ["decelerating_fraction", "share with a·d̂1 < 0 (progress along d1 falls short of ‖d1‖); true whenever cos < 0, "
-                              "so it separates little"],
-    ["speed_decreasing_fraction", "share with ‖d2‖ < ‖d1‖ (the speed itself falls)"],
-    ["tangential_normal_ratio", "mean ‖a∥‖ / mean ‖a⊥‖"],
-    ["span_stp_loss", "1 − cos(before + after, patch) over random spans"],
-    ["z_*, p_*", "permutation null: z = (real − null mean)/null std; one-sided p = (1 + #{null ≤ real})/(K + 1)"],
-]
-
-
 def stp_stage(paths: PathConventions, own: StpConventions, boot: BootstrapConfig, seed: int) -> Stage:
-    return path_stage("stp", paths, own, analyse_stp, "triplets.npz", seed,
-                      extra={"n_boot": boot.n_bootstrap, "ci": boot.ci}, version=2)  # 2: identity and speed fractions
+    return path_stage("stp", paths, own, analyse_stp, "triplets.npz", seed, boot=boot,
+                      version=2)  # 2: identity and speed fractions
 
 
 def stp_figures(out: Path, entries: list[dict]) -> list[Path]:
@@ -74,14 +64,15 @@ def report_section(out: Path, entries: list[dict]) -> Section:
     return Section(
         title=f"STP kinematics ({conv['axis']} axis)",
         paragraphs=[
+            *opening(explain_stp(entries)),
             "For consecutive triplets, the acceleration a = d2 − d1 splits into a part along d1 and a part normal to "
             "it; the STP loss 1 − cos(d1, d2) equals 1 ∓ √(1 − ‖a⊥‖²/‖d2‖²) exactly, the sign following cos "
             "(identity_max_abs_error, in float64). The paper's single-branch form 1 − √(…) holds only where "
             "cos ≥ 0: paper_identity_failure_fraction counts where it misses 1 − cos by more than 1e-6. "
             "The permutation null shuffles the order within each path; z < 0 and a small p mean smoother than chance.",
         ],
-        tables=[TableBlock("STP metrics, value [95% CI over paths] for the fractions", summary_rows(entries, HEADLINE)),
-                TableBlock("Definitions", [["quantity", "definition"], *DEFINITIONS]),
+        tables=[TableBlock("STP metrics, value [CI over paths]", summary_rows(entries, HEADLINE, "stp")),
+                definitions_table(definitions.STP),
                 conventions_table(conv)],
         figures=[FigureBlock(Path(out) / "figures" / "stp_accelerations.png",
                              "Tangential and normal acceleration magnitudes, real order against one shuffle."),

@@ -6,6 +6,7 @@ changing a geometry setting recomputes the geometry only, from the kept trajecto
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -64,6 +65,41 @@ def check_separator_folder(folder: str) -> None:
         raise ConfigError("separator", f"{folder!r} holds a {owner} run, not a separator run")
 
 
+# The quantisation type in a GGUF file name: 'model.Q4_1.gguf', 'model-q8_0.gguf', 'model.IQ4_XS.gguf', 'model.F16.gguf'.
+GGUF_TYPE = re.compile(r"[.\-_]((?:I?Q\d+(?:_[A-Z0-9]+)*)|BF16|F16|F32)\.gguf$", re.IGNORECASE)
+
+
+def describe_weights(description: dict) -> str:
+    """Where a run's weights came from and the precision it ran in, from its model description.
+
+    'SmolLM2-135M-Instruct: a Q4_1 GGUF de-quantised to float32'; 'org/model: bfloat16 weights run in float32';
+    'smollm2-135m-instruct with random weights: hf initialisation (seed 0) in float32'.
+    """
+    dtype = description.get("dtype", "an unrecorded dtype")
+    if description.get("weights") == "random":
+        return (f"{description.get('source')} with random weights: {description.get('init')} initialisation "
+                f"(seed {description.get('seed')}) in {dtype}")
+    source = str(description.get("source", ""))
+    if source.lower().endswith(".gguf"):
+        file = Path(source).name
+        if (found := GGUF_TYPE.search(file)) is None:
+            return f"{file[:-len('.gguf')]}: a GGUF (its file name does not say the quantisation) loaded as {dtype}"
+        kind = found.group(1).upper()
+        verb = "converted" if kind.startswith(("F", "BF")) else "de-quantised"
+        article = "an" if kind[0] in "AEFHILMNORSX" else "a"  # as the letter is spoken: 'an F16', 'a Q4_1'
+        return f"{file[:found.start()]}: {article} {kind} GGUF {verb} to {dtype}"
+    stored = (description.get("config") or {}).get("torch_dtype") or (description.get("config") or {}).get("dtype")
+    spec = description.get("spec", source)
+    return f"{spec}: {stored} weights run in {dtype}" if stored and stored != dtype else f"{spec}: {dtype} weights"
+
+
+def subtitle(entries: list[dict]) -> str:
+    """The report's header line: every run's weights and precision, each model once."""
+    described = dict.fromkeys(describe_weights(e["model_description"]) for e in entries
+                              if e.get("model_description"))
+    return "; ".join(described) or "models: " + ", ".join(dict.fromkeys(e["model"] for e in entries))
+
+
 def make_report(cfg: ReportConfig, *, progress: bool = True) -> tuple[Path, str]:
     """Run (or resume) the analyses into ``cfg.run.out``; returns the report path and a printable summary."""
     out = Path(cfg.run.out)
@@ -83,7 +119,6 @@ def make_report(cfg: ReportConfig, *, progress: bool = True) -> tuple[Path, str]
         sections.append(registry[SEPARATOR].section(folder, read_json(folder / "results.json")))
     first = entries[per_model[0].name]
     sections.append(provenance_section(first, read_json(out / "run.json")["environment"]))
-    models = ", ".join(dict.fromkeys(e["model"] for e in first))
-    path = write_report(out / "report.html", "lagrangian-lens report", sections, subtitle=f"models: {models}")
+    path = write_report(out / "report.html", "lagrangian-lens report", sections, subtitle=subtitle(first))
     summary = "\n\n".join(e.summarise(entries[e.name]) for e in per_model)
     return path, summary

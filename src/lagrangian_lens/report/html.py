@@ -15,6 +15,7 @@ table{border-collapse:collapse;margin:1em 0;font-size:13px} caption{text-align:l
 td,th{border:1px solid #ccc;padding:4px 8px;text-align:left;vertical-align:top} th{background:#eef3f7}
 tr:nth-child(even) td{background:#fafafa} figure{margin:1.5em 0} img{max-width:100%;border:1px solid #eee}
 figcaption{font-size:13px;color:#555} .meta{color:#666;font-size:13px} code{background:#f3f3f3;padding:0 3px}
+pre{white-space:pre-wrap;background:#f7f7f7;border:1px solid #e4e4e4;padding:.6em;font-size:12px;max-height:28em;overflow:auto}
 """
 
 
@@ -32,10 +33,16 @@ def _figure(path: Path, caption: str) -> str:
             f"<figcaption>{html.escape(caption)}</figcaption></figure>")
 
 
+def _text(caption: str, text: str) -> str:
+    # Model output is arbitrary text: escaped, it can never become markup or script in the report.
+    return f"<div><p class=meta>{html.escape(caption)}</p><pre>{html.escape(text)}</pre></div>"
+
+
 def render_section(section: Section) -> str:
     parts = [f"<h2>{html.escape(section.title)}</h2>"]
     parts += [f"<p>{html.escape(p)}</p>" for p in section.paragraphs]
     parts += [_table(t.caption, t.rows) for t in section.tables]
+    parts += [_text(t.caption, t.text) for t in section.texts]
     parts += [_figure(f.path, f.caption) for f in section.figures]
     return "\n".join(parts)
 
