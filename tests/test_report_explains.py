@@ -235,3 +235,18 @@ def test_several_models_are_named_by_model():
     sentences = explain_energy(entries)
     assert "0.1 for m and 0.02 for m's random twin: m's random twin's is 5 times smaller" in sentences[0]
     assert any("0.1 for other and 0.3 for other's random twin: other's is 3 times smaller" in s for s in sentences)
+
+
+def _separator(fits):
+    from lagrangian_lens.experiments.separator_report import explain_separator
+
+    models = {name: {"fit": {"r2_centered": {"median": r2}, "force_r2": {"median": force}}}
+              for name, (r2, force) in fits.items()}
+    return " ".join(explain_separator({"models": models}))
+
+
+def test_the_separator_sentences_follow_the_numbers():
+    text = _separator({"splm": (0.99, 0.98), "gpt": (0.4, 0.05), "pretrained": (0.1, 0.02)})
+    assert "of SPLM only" in text and "For GPT, pretrained the potential adds little" in text
+    text = _separator({"splm": (0.5, 0.6), "gpt": (0.4, 0.3)})
+    assert "No model's layer steps reach R² 0.9" in text and "adds little" not in text

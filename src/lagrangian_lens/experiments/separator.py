@@ -1,31 +1,47 @@
-"""The three-way separator: does each model's depth dynamics derive from one shared scalar potential?
+"""The separator: does each model's depth dynamics derive from one shared scalar potential?
 
-An SPLM (conservative by construction), its matched GPT and a pretrained model, on held-out Tiny Shakespeare
-passages. Every stage caches its output in the run folder under a key of exactly what it reads (the model's
-content, the passages, the fit settings), so a re-run resumes and a changed setting never reuses a stale stage::
+An SPLM (conservative by construction), its matched GPT and a pretrained model (optionally also an SPLM with
+LayerNorm after every step, ``splm_ln``), on held-out Tiny Shakespeare passages. Every stage caches its output
+in the run folder under a key of exactly what it reads (the model's content, the passages, the fit settings and
+``FIT_VERSION``), so a re-run resumes and a changed setting never reuses a stale stage::
 
-    DIR/splm, DIR/gpt                   training runs (or --splm-checkpoint / --gpt-checkpoint)
-    DIR/depth/<model>-<key>.safetensors depth trajectories (states, mask, and the SPLM's ξ)
-    DIR/fits/<model>-<key>.json         fit, baselines, capacity sweep, symmetry test, menu (and the SPLM's oracle)
+    DIR/splm, DIR/gpt, DIR/splm_ln       training runs (or --splm-checkpoint / --gpt-checkpoint / --splm-ln-checkpoint)
+    DIR/depth/<model>-<key>.safetensors  depth trajectories (states, mask, and the SPLM's ξ)
+    DIR/fits/<model>-<key>.json          fit, baselines, capacity sweep, symmetry tests, position 0, menu
+    DIR/fits/<model>_token_axis-<key>.json, <model>_oracle-<key>.json, <model>_final_norm-<key>.json
     DIR/results.json, DIR/figures/*.png
+
+Its tables and figures are in :mod:`.separator_report`.
 """
 from __future__ import annotations
 
 import dataclasses
+import functools
 import sys
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
+from torch import nn
 
-from ..analysis.potential import PotentialConfig, analyse_potential, analyse_token_axis, oracle
-from ..checks import check_device, check_range
+from ..analysis.potential import (
+    CONVENTIONS,
+    SYMMETRY_MODES,
+    PotentialConfig,
+    analyse_potential,
+    analyse_token_axis,
+    norm_gain,
+    oracle,
+)
+from ..checks import check_choice, check_device, check_range
 from ..data.corpora import read_corpus
-from ..errors import ConfigError, DataError, LensError, TrajectoryError
-from ..mechanics.depth_data import DepthData
+from ..data.papers import SEPARATOR_MODELS, published
+from ..errors import ConfigError, DataError, LensError, TrajectoryError, UnsupportedArchitectureError
+from ..mechanics.depth_data import CENTERINGS, DepthData
 from ..models import DEFAULT_MODEL, LoadedModel, load_model
+from ..models.pretrained.architectures import final_norm
 from ..models.pretrained.loading import resolve_device
 from ..models.spec import ModelSpec, file_sha256
 from ..provenance import claim_run_folder, environment, read_json, write_json
@@ -33,20 +49,25 @@ from ..training import TrainConfig, load_checkpoint, train
 from ..training.checkpoint import checkpoint_dir, read_meta
 from ..trajectories import extract
 from ..trajectories.own import own_model_trajectories
-from .plotting import plt, save
 from .registry import Experiment, register
 from .runner import digest
-from .section import FigureBlock, Section, TableBlock
-from .tables import format_table
+from .separator_report import FIT_VERSION, report_section, separator_figures, summary
 
-OWN = ("splm", "gpt")
+# The models trained here (or given as checkpoints): name -> (architecture, LayerNorm after every SPLM step).
+OWN_MODELS = {"splm": ("splm", False), "splm_ln": ("splm", True), "gpt": ("gpt", False)}
 # Training settings that may differ between a kept run and the request without retraining it.
 REUSABLE = frozenset({"max_steps", "eval_every", "checkpoint_every", "device", "tensorboard", "out"})
+def paper_oracle_r2(name: str) -> float | None:
+    """The paper's oracle R² for the own model ``name``, where it reports one."""
+    rows = [r for r in published("separator") if r.metric == "oracle_r2_centered" and r.model == SEPARATOR_MODELS.get(name)]
+    return float(rows[0].value) if rows else None
 
 
 @dataclass
 class SeparatorConfig:
     """Settings of the separator experiment. Every field is also a command-line option."""
+
+    CHOICES: typing.ClassVar[dict] = {"centering": CENTERINGS, "symmetry": SYMMETRY_MODES}
 
     model: str = DEFAULT_MODEL
     """The pretrained model compared with SPLM and GPT (an alias, hub id, directory or .gguf; from Python also a loaded model)."""
@@ -54,6 +75,10 @@ class SeparatorConfig:
     """Use this trained SPLM run folder instead of training one."""
     gpt_checkpoint: str | None = None
     """Use this trained GPT run folder instead of training one."""
+    splm_ln_after_step: bool = False
+    """Also train an SPLM with LayerNorm after every step (the model 'splm_ln'), and run the oracle on it too."""
+    splm_ln_checkpoint: str | None = None
+    """Use this trained SPLM run folder (trained with ln_after_step) as 'splm_ln' instead of training one."""
     d_model: int = 64
     """Width of the SPLM and GPT trained here."""
     n_steps: int = 6
@@ -66,6 +91,9 @@ class SeparatorConfig:
     """Held-out Tiny Shakespeare passages (from the validation split)."""
     sentence_tokens: int = 64
     """Tokens per passage."""
+    centering: str = "sequence"
+    """Centring of the states: sequence (one mean per sequence, pooled over its layers), sequence-layer (one mean per
+    sequence and layer, as the paper's author extracts them), global or none."""
     widths: list[int] = field(default_factory=lambda: [8, 32, 128])
     """Capacity sweep: V_ψ widths (the parameter band is printed)."""
     width: int = 128
@@ -73,7 +101,10 @@ class SeparatorConfig:
     max_epochs: int = 300
     """Epochs per fit (early stopping)."""
     symmetry_k: int = 16
-    """PCA dimension of the Jacobian-symmetry test."""
+    """PCA dimension of the Jacobian-symmetry tests."""
+    symmetry: str = "pooled"
+    """Jacobian-symmetry test: pooled (one linear force for all layers), per-layer (the velocity map shared, one
+    M_ℓ per layer) or both."""
     menu: bool = True
     """Run the functional-form menu."""
     seed: int = 0
@@ -94,32 +125,49 @@ class SeparatorConfig:
         check_range("sentence_tokens", self.sentence_tokens, low=3)
         if not self.widths or min(self.widths) < 1:
             raise ConfigError("widths", f"give at least one positive width, got {self.widths}")
+        for name, choices in self.CHOICES.items():
+            check_choice(name, getattr(self, name), choices)
         check_device("device", self.device)
-        for arch in OWN:
-            given = getattr(self, f"{arch}_checkpoint")
+        if self.splm_ln_checkpoint is not None and not self.splm_ln_after_step:
+            raise ConfigError("splm_ln_checkpoint", "is given but splm_ln_after_step is off, so no 'splm_ln' model "
+                                                    "is run; turn splm_ln_after_step on, or drop the checkpoint")
+        for name in OWN_MODELS:
+            given = getattr(self, f"{name}_checkpoint")
             if given is not None:
-                check_checkpoint_arch(given, arch)
+                check_checkpoint(given, name)
+
+    @property
+    def own_models(self) -> tuple[str, ...]:
+        """The own models this run compares, in the tables' order."""
+        return ("splm", "splm_ln", "gpt") if self.splm_ln_after_step else ("splm", "gpt")
 
     def potential_config(self) -> PotentialConfig:
-        return PotentialConfig(width=self.width, capacity_widths=list(self.widths), max_epochs=self.max_epochs,
-                               symmetry_k=self.symmetry_k, menu=self.menu, seed=self.seed)
+        return PotentialConfig(centering=self.centering, width=self.width, capacity_widths=list(self.widths),
+                               max_epochs=self.max_epochs, symmetry_k=self.symmetry_k, symmetry=self.symmetry,
+                               menu=self.menu, seed=self.seed)
 
-    def train_config(self, arch: str, out: Path) -> TrainConfig:
+    def train_config(self, name: str, out: Path) -> TrainConfig:
+        """The training run of own model ``name`` (a key of ``OWN_MODELS``)."""
+        arch, ln_after_step = OWN_MODELS[name]
         return TrainConfig(arch=arch, d_model=self.d_model, n_steps=self.n_steps, v_hidden=self.v_hidden,
-                           max_steps=self.max_steps,
-                           seed=self.seed, device=self.device, out=str(out), eval_every=self.max_steps,  # the final model only
+                           ln_after_step=ln_after_step, max_steps=self.max_steps, seed=self.seed, device=self.device,
+                           out=str(out), eval_every=self.max_steps,  # the final model only
                            checkpoint_every=200)
 
 
-def check_checkpoint_arch(path: str, arch: str) -> None:
-    """A given checkpoint must exist and be of the architecture its option names."""
-    option = f"{arch}_checkpoint"
+def check_checkpoint(path: str, name: str) -> None:
+    """A given checkpoint must exist and hold the model its option names (architecture, and ln_after_step for an
+    SPLM: 'splm_ln' must have it)."""
+    option, (arch, ln_after_step) = f"{name}_checkpoint", OWN_MODELS[name]
     try:
         meta = read_meta(Path(path).expanduser())
     except (OSError, ValueError) as exc:
         raise ConfigError(option, f"{path!r} is not a training run folder: {exc}") from None
     if meta.get("arch") != arch:
         raise ConfigError(option, f"{path!r} holds a {meta.get('arch')!r} model, not a {arch!r} model")
+    if ln_after_step and not meta.get("model_config", {}).get("ln_after_step"):
+        raise ConfigError(option, f"{path!r} holds an SPLM trained without ln_after_step; give a run trained with "
+                                  "--ln-after-step, or leave the option out to train one here")
 
 
 def held_out_passages(n: int, min_chars: int = 120) -> list[str]:
@@ -132,13 +180,13 @@ def held_out_passages(n: int, min_chars: int = 120) -> list[str]:
     return passages[:n]
 
 
-def _own_model(cfg: SeparatorConfig, arch: str, out: Path, progress: bool) -> Path:
-    """The run folder of the SPLM or GPT: the one given, or one trained here (resumed or retrained as needed)."""
-    given = getattr(cfg, f"{arch}_checkpoint")
+def _own_model(cfg: SeparatorConfig, name: str, out: Path, progress: bool) -> Path:
+    """The run folder of own model ``name``: the one given, or one trained here (resumed or retrained as needed)."""
+    given = getattr(cfg, f"{name}_checkpoint")
     if given:
         return Path(given).expanduser()
-    run = out / arch
-    tc = cfg.train_config(arch, run)
+    run = out / name
+    tc = cfg.train_config(name, run)
     meta_file = run / "checkpoint" / "meta.json"
     if not meta_file.is_file():
         train(tc, force=True, progress=progress)
@@ -147,13 +195,13 @@ def _own_model(cfg: SeparatorConfig, arch: str, out: Path, progress: bool) -> Pa
     wanted = dataclasses.asdict(tc)
     changed = sorted(k for k, v in wanted.items() if k not in REUSABLE and meta["train_config"].get(k) != v)
     if changed:
-        print(f"note: the {arch} in {run} was trained with other settings ({', '.join(changed)}); retraining it",
+        print(f"note: the {name} in {run} was trained with other settings ({', '.join(changed)}); retraining it",
               file=sys.stderr)
         train(tc, force=True, progress=progress)
     elif meta["step"] < cfg.max_steps:
         train(tc, resume=True, progress=progress)
     elif meta["step"] > cfg.max_steps:
-        print(f"note: retraining the {arch} in {run}: it has {meta['step']} steps, {cfg.max_steps} asked",
+        print(f"note: retraining the {name} in {run}: it has {meta['step']} steps, {cfg.max_steps} asked",
               file=sys.stderr)
         train(tc, force=True, progress=progress)
     return run
@@ -174,6 +222,23 @@ def _depth_own(run: Path, passages: list[str], cfg: SeparatorConfig, device: str
         with torch.no_grad():
             aux = [model.context_pool(model.embed(torch.tensor([s], device=device)))[0, :-1].cpu() for s in seqs]
     return DepthData.from_trajectories(trajectories, aux)
+
+
+def _own_final_norm(model: nn.Module) -> nn.Module | None:
+    """The norm before an own model's read-out: the GPT's ln_f; an SPLM's affine-free LayerNorm when it normalises
+    after every step; None for a plain SPLM (its read-out sees h_L itself)."""
+    if getattr(model, "ln_f", None) is not None:
+        return model.ln_f
+    if getattr(model.config, "ln_after_step", False):
+        return nn.LayerNorm(model.config.d_model, elementwise_affine=False)
+    return None
+
+
+def _pretrained_final_norm(model: nn.Module) -> nn.Module | None:
+    try:
+        return final_norm(model)
+    except UnsupportedArchitectureError:  # no known final norm: reported as unavailable
+        return None
 
 
 def _cached_depth(path: Path, make) -> DepthData:
@@ -210,115 +275,62 @@ def run_separator(cfg: SeparatorConfig, *, progress: bool = True) -> dict:
     out = claim_run_folder(cfg.out, "separator")
     device = resolve_device(cfg.device)
     passages = held_out_passages(cfg.n_sentences)
-    runs = {arch: _own_model(cfg, arch, out, progress) for arch in OWN}
+    runs = {name: _own_model(cfg, name, out, progress) for name in cfg.own_models}
     label, pretrained_identity = _pretrained_source(cfg)
-    sources = {arch: {"source": str(runs[arch]), **_checkpoint_identity(runs[arch])} for arch in OWN}
+    sources = {name: {"source": str(run), **_checkpoint_identity(run)} for name, run in runs.items()}
     sources["pretrained"] = {"source": label, **pretrained_identity}
     potential = dataclasses.asdict(cfg.potential_config())
     write_json(out / "run.json", {"experiment": "separator", "config": {**dataclasses.asdict(cfg), "model": label},
                                   "seed": cfg.seed, "sources": sources, "environment": environment()})
-    results = {"models": {}, "oracle": None, "sources": sources}
-    for name in (*OWN, "pretrained"):
+    results = {"models": {}, "oracle": {}, "sources": sources,
+               "conventions": {**potential, **CONVENTIONS, "fit_version": FIT_VERSION}}
+    pretrained = functools.cache(  # loaded at most once, and only when a stage is not cached
+        lambda: cfg.model if isinstance(cfg.model, LoadedModel) else load_model(cfg.model, device=device))
+    for name in (*runs, "pretrained"):
         depth_key = digest({"model": sources[name], "passages": digest(passages), "tokens": cfg.sentence_tokens})
         if name == "pretrained":
             def make():
-                lm = cfg.model if isinstance(cfg.model, LoadedModel) else load_model(cfg.model, device=device)
+                lm = pretrained()
                 trs = extract(lm.model, lm.tokenizer, passages, sites="all", max_tokens=cfg.sentence_tokens + 1,
                               progress=progress)
                 return DepthData.from_trajectories(trs)
+
+            def norm():
+                return _pretrained_final_norm(pretrained().model)
         else:
             def make(run=runs[name]):
                 return _depth_own(run, passages, cfg, device)
+
+            def norm(run=runs[name]):
+                return _own_final_norm(load_checkpoint(run, "cpu")[0])
         try:
             data = _cached_depth(out / "depth" / f"{name}-{depth_key}.safetensors", make)
         except TrajectoryError as exc:
             raise TrajectoryError(f"the {name} model's depth trajectories cannot be fitted: {exc} (a model matched "
                                   "to a small SPLM can have a single block; give the SPLM more parameters)",
                                   options=("d_model", "v_hidden")) from None
-        fit_key = digest({"depth": depth_key, "potential": potential})
+        fit_key = digest({"depth": depth_key, "potential": potential, "version": FIT_VERSION})
         fits = _cached_json(out / "fits" / f"{name}-{fit_key}.json", lambda: analyse_potential(data, cfg.potential_config()))
         token = _cached_json(out / "fits" / f"{name}_token_axis-{fit_key}.json",
                              lambda: analyse_token_axis(data, cfg.potential_config()))
-        results["models"][name] = {**sources[name], **fits, "token_axis": token}
-        if name == "splm":
-            results["oracle"] = _cached_json(out / "fits" / f"splm_oracle-{depth_key}.json",
-                                             lambda: _oracle(runs["splm"], data, device))
+        gain = _cached_json(out / "fits" / f"{name}_final_norm-{digest([sources[name], FIT_VERSION])}.json",
+                            lambda: {"final_norm_gain": norm_gain(norm(), data.states.shape[-1])})
+        results["models"][name] = {**sources[name], **fits, "token_axis": token, **gain}
+        if name in OWN_MODELS and OWN_MODELS[name][0] == "splm":
+            results["oracle"][name] = _cached_json(
+                out / "fits" / f"{name}_oracle-{digest([depth_key, FIT_VERSION])}.json",
+                lambda: _oracle(runs[name], data, device, paper_oracle_r2(name)))
     write_json(out / "results.json", results)
     separator_figures(out, results)
     return results
 
 
-def _oracle(run: Path, data: DepthData, device: str) -> dict:
+def _oracle(run: Path, data: DepthData, device: str, paper_r2: float | None) -> dict:
     splm_model, _, meta = load_checkpoint(run, device)
     constants = splm_model.learned_constants()
     grad_fn = lambda x, aux: -splm_model.potential.force_autograd(aux, x, False)  # noqa: E731
     return {**oracle(data, grad_fn, {**constants, "mass": constants.get("mass", 1.0)}), "constants": constants,
-            "ln_after_step": meta["model_config"]["ln_after_step"]}
-
-
-def summary_rows(results: dict) -> list[list[str]]:
-    rows = [["model", "median R² (V_ψ)", "velocity-only", "linear reference", "shape", "symmetry gap",
-             "capacity sweep (params: median R²)", "token axis R² (V_ψ / velocity)"]]
-    for name, r in results["models"].items():
-        sweep = ", ".join(f"{s['n_params']}: {s['median']:.4f}" for s in r["capacity_sweep"])
-        rows.append([name, f"{r['fit']['median']:.4f}", f"{r['velocity_only']['median']:.4f}",
-                     f"{r['linear_reference']['median']:.4f}", r["fit"]["shape"], f"{r['symmetry']['gap']:.4f}", sweep,
-                     f"{r['token_axis']['fit']['median']:.4f} / {r['token_axis']['velocity_only']['median']:.4f}"])
-    return rows
-
-
-def separator_figures(out: Path, results: dict) -> list[Path]:
-    fig, ax = plt.subplots(figsize=(7.5, 4))
-    colours = {"splm": "#2a9d8f", "gpt": "#e76f51", "pretrained": "#264653"}
-    for name, r in results["models"].items():
-        n = len(r["fit"]["per_layer"])
-        layers = (np.arange(n) + 0.5) / n  # fit layers at the centres of their depth bins
-        ax.plot(layers, r["fit"]["per_layer"], "-o", ms=3, color=colours[name], label=f"{name}: shared V_ψ")
-        ax.plot(layers, r["velocity_only"]["per_layer"], "--x", ms=4, color=colours[name], alpha=0.6,
-                label=f"{name}: velocity only")
-    ax.set_xlabel("relative depth")
-    ax.set_ylabel("test R² per layer")
-    ax.legend(fontsize=7)
-    paths = [save(fig, out / "figures" / "r2_profiles.png")]
-    fig, ax = plt.subplots(figsize=(6, 3.6))
-    for name, r in results["models"].items():
-        sweep = r["capacity_sweep"]
-        ax.plot([s["n_params"] for s in sweep], [s["median"] for s in sweep], "-o", color=colours[name], label=name)
-    ax.set_xscale("log")
-    ax.set_xlabel("V_ψ parameters")
-    ax.set_ylabel("median test R²")
-    ax.legend(fontsize=8)
-    paths.append(save(fig, out / "figures" / "capacity_sweep.png"))
-    fig, ax = plt.subplots(figsize=(6, 3.2))
-    names = list(results["models"])
-    ax.bar(names, [results["models"][n]["symmetry"]["gap"] for n in names], color=[colours[n] for n in names])
-    ax.set_ylabel("R²(free) − R²(symmetric M)")
-    paths.append(save(fig, out / "figures" / "symmetry_gaps.png"))
-    return paths
-
-
-def report_section(out: Path, results: dict) -> Section:
-    o = results["oracle"]
-    oracle_rows = [["quantity", "fitted (per layer)", "expected from the SPLM"],
-                   ["α", ", ".join(f"{a:.4f}" for a in o["alpha"]), f"{o['alpha_expected']:.4f}"],
-                   ["β", ", ".join(f"{b:.4f}" for b in o["beta"]), f"{o['beta_expected']:.4f}"],
-                   ["R² per layer", ", ".join(f"{r:.4f}" for r in o["per_layer"]), "1.0000"]]
-    return Section(
-        "Shared-potential separator",
-        ["Δx_l ≈ α_l v_l − β_l ∇V_ψ(x_l) with one V_ψ for all layers, scored on held-out passages; R² is against "
-         "the static null (no motion). The oracle plugs the SPLM's own V_θ into the same fit."],
-        [TableBlock("Models", summary_rows(results)), TableBlock("Oracle (SPLM)", oracle_rows)],
-        [FigureBlock(out / "figures" / "r2_profiles.png", "Per-layer test R² of the shared fit and the velocity-only baseline."),
-         FigureBlock(out / "figures" / "capacity_sweep.png", "Median R² against V_ψ size."),
-         FigureBlock(out / "figures" / "symmetry_gaps.png", "Jacobian-symmetry gaps in PCA-16 coordinates.")],
-    )
-
-
-def summary(results: dict) -> str:
-    o = results["oracle"]
-    return (format_table(summary_rows(results))
-            + f"\n\noracle on SPLM: median R² {o['median']:.4f}; α {np.round(o['alpha'], 4).tolist()} (expected "
-            f"{o['alpha_expected']:.4f}); β {np.round(o['beta'], 4).tolist()} (expected {o['beta_expected']:.4f})")
+            "ln_after_step": meta["model_config"]["ln_after_step"], "paper_r2": paper_r2}
 
 
 EXPERIMENT = register(Experiment(

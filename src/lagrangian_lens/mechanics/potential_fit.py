@@ -1,32 +1,88 @@
 """Is the layer-to-layer update the gradient of ONE scalar potential shared by every layer?
 
 Model: Δx_l ≈ α_l·v_l − β_l·∇V_ψ(x_l), with α_l, β_l per layer and one V_ψ for all layers, fitted jointly.
-Estimators follow scikit-learn: ``fit(train)`` returns self and sets attributes ending in ``_``;
-``score(test)`` returns the per-layer R².
+Estimators follow scikit-learn: ``fit(train)`` returns self and sets attributes ending in ``_``; every one is a
+:class:`StepPredictor`: ``predict(test)`` gives (Δx, predicted Δx), ``score(test)`` the per-layer R² (centred
+by default) and ``scores(test)`` both R² definitions. The baselines: :class:`StaticNull` (no motion),
+:class:`MeanStepFit` (each layer's mean step), :class:`VelocityOnlyFit` (inertia alone) and
+:class:`LinearReferenceFit` (an unconstrained linear map per layer).
 
-R² of a layer is 1 − SS_res/SS_tot pooled over tokens and dimensions, with SS_tot = Σ‖Δx_l‖²: the static null
-(predicting no motion) scores exactly 0. The median over layers is the headline.
+R² of a layer is 1 − SS_res/SS_tot pooled over tokens and dimensions, in two definitions (``R2_DEFINITIONS``):
+
+* ``r2_centered``, the headline and the definition of the paper's author: SS_tot = Σ‖Δx_l − mean(Δx_l)‖², centred
+  on the layer's mean step in the scored data, so reproducing the mean step earns nothing (:class:`MeanStepFit`
+  scores exactly 0 on its own training data; the static null scores −n‖mean‖²/SS_tot, at most 0).
+* ``r2_uncentered``: SS_tot = Σ‖Δx_l‖², against the static null, which scores exactly 0.
+
+:func:`force_r2` is what V_ψ adds beyond inertia, and :func:`middle_band` the middle third of the layers.
 """
 from __future__ import annotations
 
 import copy
+from dataclasses import asdict
 from typing import Protocol, runtime_checkable
 
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from ..errors import ConfigError
 from ..nn import silu_mlp, silu_mlp_input_grad
 from .depth_data import DepthData
+from .potential_solver import SolverSettings, fit_potential
+
+R2_DEFINITIONS = ("r2_centered", "r2_uncentered")  # the headline first
 
 
-def r2_per_layer(dx: torch.Tensor, dx_hat: torch.Tensor) -> np.ndarray:
-    """(S, L, d) targets and predictions -> (L,) R² against the static null."""
-    res = ((dx - dx_hat) ** 2).sum(dim=(0, 2))
-    tot = (dx**2).sum(dim=(0, 2)).clamp_min(1e-30)
-    return (1 - res / tot).double().cpu().numpy()
+def r2_per_layer(dx: torch.Tensor, dx_hat: torch.Tensor, *, centered: bool) -> np.ndarray:
+    """(S, L, d) targets and predictions -> (L,) R², in float64.
+
+    ``centered``: SS_tot about each layer's mean step in ``dx`` (``r2_centered``, the paper's definition); else
+    about zero (``r2_uncentered``, against the static null).
+    """
+    dx, dx_hat = dx.double(), dx_hat.double()
+    res = ((dx - dx_hat) ** 2).sum(dim=(0, 2))  # (L,)
+    ref = dx - dx.mean(dim=0, keepdim=True) if centered else dx
+    tot = (ref**2).sum(dim=(0, 2)).clamp_min(1e-30)  # (L,)
+    return (1 - res / tot).cpu().numpy()
+
+
+def r2_scores(dx: torch.Tensor, dx_hat: torch.Tensor) -> dict[str, np.ndarray]:
+    """Both definitions: {"r2_centered": (L,), "r2_uncentered": (L,)} from (S, L, d) targets and predictions."""
+    return {name: r2_per_layer(dx, dx_hat, centered=name == "r2_centered") for name in R2_DEFINITIONS}
+
+
+def force_r2(r2_fit: np.ndarray, r2_velocity: np.ndarray) -> np.ndarray:
+    """(R²_fit − R²_velocity) / (1 − R²_velocity) per layer: the share of the variance the velocity-only baseline
+    leaves unexplained that the fit explains (1: all of it; 0: nothing beyond inertia; < 0: worse than inertia).
+
+    It equals 1 − SS_res(fit) / SS_res(velocity only), so both R² definitions give the same value.
+    """
+    r2_fit, r2_velocity = np.asarray(r2_fit, dtype=float), np.asarray(r2_velocity, dtype=float)
+    return (r2_fit - r2_velocity) / np.maximum(1 - r2_velocity, 1e-30)
+
+
+def middle_band(n_layers: int) -> slice:
+    """The middle third of ``n_layers`` fit layers, [⌊n/3⌋, ⌈2n/3⌉) (the STP paper quotes its mean for GPT-2):
+    symmetric about the middle and never empty, e.g. layers 4-7 of 12, both of 2, the one of 1."""
+    return slice(n_layers // 3, -(-2 * n_layers // 3))
+
+
+class StepPredictor:
+    """What every estimator of the step shares: ``predict(data)`` -> (Δx, predicted Δx), each (S, L, d), and
+    R² from it."""
+
+    def predict(self, data: DepthData) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError(f"{type(self).__name__} must define predict(data) -> (Δx, predicted Δx)")
+
+    def score(self, data: DepthData, *, centered: bool = True) -> np.ndarray:
+        """Per-layer R² on ``data``: ``r2_centered`` by default (the headline; median over layers), else
+        ``r2_uncentered``."""
+        return r2_per_layer(*self.predict(data), centered=centered)
+
+    def scores(self, data: DepthData) -> dict[str, np.ndarray]:
+        """Per-layer R² on ``data`` under both definitions, keyed by ``R2_DEFINITIONS``."""
+        return r2_scores(*self.predict(data))
 
 
 def profile_shape(r2: np.ndarray, tol: float = 0.05) -> str:
@@ -119,20 +175,55 @@ def _broadcast_aux(aux, x):
     return None if aux is None else aux[:, None, :].expand(*x.shape[:-1], aux.shape[-1])
 
 
-class SharedPotentialFit:
+class SharedPotentialFit(StepPredictor):
     """Δx_l ≈ α_l v_l − β_l ∇V(x_l) with one V for all layers.
 
-    With the default MLP potential, α, β and V_ψ are fitted jointly by AdamW on minibatches of tokens, with early
-    stopping on a validation split of the training sequences. With a ``potential`` that has no trainable
-    parameters (an oracle), α_l and β_l are solved in closed form per layer.
+    With a potential that has parameters (the default MLP V_ψ, or a given one), ψ is trained by minibatch AdamW
+    over tokens with early stopping on a validation split of the training sequences; the machinery is in
+    :mod:`~lagrangian_lens.mechanics.potential_solver`. With a ``potential`` that has no trainable parameters (an
+    oracle), α_l and β_l are solved in closed form per layer.
+
+    Optimisation settings. The defaults are the fastest measured by ``benchmarks/bench_potential.py --compare``
+    at the test R² of the original fit (which is ``schedule="plateau", batch_size=512, tol=0`` with 300 epochs);
+    the values used are recorded on the fitted estimator as ``settings_``.
+
+    * ``solver``: ``"joint"`` (α, β and ψ trained together by AdamW, α from the velocity-only solve and β = 1 at
+      the start) or ``"varpro"`` (variable projection: α_l, β_l solved in closed form for the current V_ψ on
+      every minibatch, only ψ trained). Variable projection reached the same R² but needed more epochs to meet
+      the stopping rule on the benchmark, so it is an option, not the default.
+    * ``lr``, ``batch_size`` (tokens per step, each with all its layers), ``max_epochs``: AdamW's settings. Small
+      batches win here: the fit is limited by the number of optimiser steps, not by gradient noise.
+    * ``schedule``: ``"anneal"`` (constant ``lr`` until the convergence test passes, then a cosine decay to 0
+      over ``decay_fraction`` × the epochs run so far, then stop), ``"plateau"`` (halve ``lr`` when the
+      validation loss stalls), ``"cosine"`` or ``"onecycle"`` over ``max_epochs``, or ``"constant"``.
+    * ``tol``, ``window``: the convergence test, passed when the best validation loss improved by less than
+      ``tol`` (relative) over the last ``window`` optimiser steps, rounded up to whole epochs (steps rather than
+      epochs, so that a small data set is not called converged after a handful of steps); ``tol=0`` turns it
+      off. Outside ``"anneal"`` it stops the fit.
+    * ``patience``: stop after this many epochs without a better validation loss (whatever the schedule).
+    * ``polish_steps``: iterations of a full-batch L-BFGS polish of ψ at the end (kept only if the validation
+      loss drops); 0, the default, skips it: after annealing it bought no R² for its time.
     """
 
     def __init__(self, hidden: int = 128, depth: int = 2, *, potential: Potential | None = None, lr: float = 3e-3,
-                 batch_size: int = 512, max_epochs: int = 400, patience: int = 30, val_fraction: float = 0.2,
-                 seed: int = 0, dtype: torch.dtype = torch.float32, progress: bool = False):
+                 batch_size: int = 64, max_epochs: int = 400, patience: int = 30, val_fraction: float = 0.2,
+                 seed: int = 0, dtype: torch.dtype = torch.float32, progress: bool = False, solver: str = "joint",
+                 schedule: str = "anneal", tol: float = 0.02, window: int = 500, decay_fraction: float = 0.5,
+                 polish_steps: int = 0):
         self.hidden, self.depth, self.potential = hidden, depth, potential
         self.lr, self.batch_size, self.max_epochs, self.patience = lr, batch_size, max_epochs, patience
         self.val_fraction, self.seed, self.dtype, self.progress = val_fraction, seed, dtype, progress
+        self.solver, self.schedule, self.tol, self.window = solver, schedule, tol, window
+        self.decay_fraction, self.polish_steps = decay_fraction, polish_steps
+        self._settings()  # refuse bad settings before any work
+
+    def _settings(self) -> SolverSettings:
+        settings = SolverSettings(solver=self.solver, lr=self.lr, batch_size=self.batch_size,
+                                  max_epochs=self.max_epochs, patience=self.patience, schedule=self.schedule,
+                                  tol=self.tol, window=self.window, decay_fraction=self.decay_fraction,
+                                  polish_steps=self.polish_steps, seed=self.seed)
+        settings.validate()
+        return settings
 
     def _samples(self, data: DepthData) -> dict[str, torch.Tensor]:
         return {k: v.to(self.dtype) for k, v in data.samples().items()}
@@ -148,8 +239,12 @@ class SharedPotentialFit:
         """Fit α, β (and V) to ``data``; the fitted potential is ``potential_``.
 
         A ``potential`` given to the constructor is copied first, never trained in place: two fits with the same
-        object start from the same weights and are independent (the scikit-learn rule).
+        object start from the same weights and are independent (the scikit-learn rule). Besides ``alpha_``,
+        ``beta_``, ``potential_``, ``history_`` (validation loss per epoch), ``best_epoch_`` and ``n_params_``,
+        a trained fit records ``settings_`` (the optimisation settings used), ``stop_reason_`` and ``trace_``:
+        (seconds since the start, median validation R²) per epoch.
         """
+        settings = self._settings()
         torch.manual_seed(self.seed)
         d = data.states.shape[-1]
         if self.potential is not None:
@@ -161,47 +256,12 @@ class SharedPotentialFit:
         if not any(p.requires_grad for p in potential.parameters()):
             return self._fit_closed_form(data, potential)
         train, val = data.split(self.val_fraction, self.seed) if data.n_sequences > 1 else (data, data)
-        s, sv = self._samples(train), self._samples(val)
-        v2 = (s["v"] ** 2).sum(dim=(0, 2)).clamp_min(1e-30)
-        alpha = nn.Parameter(((s["dx"] * s["v"]).sum(dim=(0, 2)) / v2).to(self.dtype))  # velocity-only start
-        beta = nn.Parameter(torch.ones(data.n_fit_layers, dtype=self.dtype))
-        scale = (s["dx"] ** 2).mean(dim=(0, 2)).clamp_min(1e-30)  # per layer: every layer weighs the same
-        params = [alpha, beta, *potential.parameters()]
-        opt = torch.optim.AdamW(params, lr=self.lr, weight_decay=0.0)
-        plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=0.5, patience=max(2, self.patience // 3))
-        gen = torch.Generator().manual_seed(self.seed)
-        best, best_state, bad, history = float("inf"), None, 0, []
-
-        def loss_of(batch):
-            res = batch["dx"] - self._predict(batch, alpha, beta, potential)
-            return ((res**2).mean(dim=(0, 2)) / scale).mean()
-
-        bar = tqdm(range(self.max_epochs), desc="potential fit", disable=not self.progress, leave=False)
-        for epoch in bar:
-            order = torch.randperm(len(s["x"]), generator=gen)
-            for start in range(0, len(order), self.batch_size):
-                idx = order[start:start + self.batch_size]
-                loss = loss_of({k: v[idx] for k, v in s.items()})
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-            with torch.no_grad():
-                val_loss = float(loss_of(sv))
-            history.append(val_loss)
-            plateau.step(val_loss)
-            bar.set_postfix(val=f"{val_loss:.4g}")
-            if val_loss < best - 1e-6:
-                best, bad = val_loss, 0
-                best_state = (alpha.detach().clone(), beta.detach().clone(), copy.deepcopy(potential.state_dict()))
-            else:
-                bad += 1
-                if bad >= self.patience:
-                    break
-        alpha_best, beta_best, pot_state = best_state
-        potential.load_state_dict(pot_state)
-        self.alpha_, self.beta_, self.potential_ = alpha_best.numpy(), beta_best.numpy(), potential.eval()
-        self.history_, self.best_epoch_ = history, int(np.argmin(history))
+        result = fit_potential(potential, self._samples(train), self._samples(val), data.n_fit_layers, settings,
+                               progress=self.progress)
+        self.alpha_, self.beta_, self.potential_ = result.alpha, result.beta, potential.eval()
+        self.history_, self.best_epoch_ = result.history, int(np.argmin(result.history))
         self.n_params_ = sum(p.numel() for p in potential.parameters())
+        self.settings_, self.stop_reason_, self.trace_ = asdict(settings), result.stop_reason, result.trace
         return self
 
     def _fit_closed_form(self, data: DepthData, potential) -> SharedPotentialFit:
@@ -216,6 +276,7 @@ class SharedPotentialFit:
             beta.append(float(coef[1]))
         self.alpha_, self.beta_ = np.array(alpha), np.array(beta)
         self.potential_, self.history_, self.best_epoch_, self.n_params_ = potential, [], 0, 0
+        self.settings_, self.stop_reason_, self.trace_ = {"solver": "closed_form"}, "closed_form", []
         return self
 
     @torch.no_grad()
@@ -226,12 +287,31 @@ class SharedPotentialFit:
         beta = torch.as_tensor(self.beta_, dtype=self.dtype)
         return s["dx"], self._predict(s, alpha, beta, self.potential_)
 
-    def score(self, data: DepthData) -> np.ndarray:
-        """Per-layer R² on ``data`` (median over layers: the headline)."""
-        return r2_per_layer(*self.predict(data))
+
+class StaticNull(StepPredictor):
+    """Baseline: no motion, Δx_l ≈ 0. Scores exactly 0 uncentred, and −n‖mean step‖²/SS_tot centred."""
+
+    def fit(self, data: DepthData) -> StaticNull:
+        return self
+
+    def predict(self, data: DepthData) -> tuple[torch.Tensor, torch.Tensor]:
+        dx = data.samples()["dx"]  # (S, L, d)
+        return dx, torch.zeros_like(dx)
 
 
-class VelocityOnlyFit:
+class MeanStepFit(StepPredictor):
+    """Baseline: each layer's mean training step, Δx_l ≈ μ_l. Scores exactly 0 centred on its training data."""
+
+    def fit(self, data: DepthData) -> MeanStepFit:
+        self.mean_ = data.samples()["dx"].double().mean(dim=0)  # (L, d)
+        return self
+
+    def predict(self, data: DepthData) -> tuple[torch.Tensor, torch.Tensor]:
+        dx = data.samples()["dx"]  # (S, L, d)
+        return dx, self.mean_.expand(dx.shape)
+
+
+class VelocityOnlyFit(StepPredictor):
     """Baseline: Δx_l ≈ α_l v_l with α_l in closed form per layer."""
 
     def fit(self, data: DepthData) -> VelocityOnlyFit:
@@ -239,12 +319,12 @@ class VelocityOnlyFit:
         self.alpha_ = ((s["dx"] * s["v"]).sum(dim=(0, 2)) / (s["v"] ** 2).sum(dim=(0, 2)).clamp_min(1e-30)).numpy()
         return self
 
-    def score(self, data: DepthData) -> np.ndarray:
+    def predict(self, data: DepthData) -> tuple[torch.Tensor, torch.Tensor]:
         s = data.samples()
-        return r2_per_layer(s["dx"], torch.as_tensor(self.alpha_, dtype=s["v"].dtype)[:, None] * s["v"])
+        return s["dx"], torch.as_tensor(self.alpha_, dtype=s["v"].dtype)[:, None] * s["v"]
 
 
-class LinearReferenceFit:
+class LinearReferenceFit(StepPredictor):
     """Upper reference: per layer an unconstrained ridge map Δx_l ≈ A_l x_l + B_l v_l + c_l."""
 
     def __init__(self, ridge: float = 1e-3):
@@ -258,14 +338,13 @@ class LinearReferenceFit:
         s = data.samples()
         self.coef_ = []
         for l in range(data.n_fit_layers):
-            Z = self._design(s, l)
+            Z = self._design(s, l)  # (S, 2d+1)
             gram = Z.T @ Z
             lam = self.ridge * gram.diagonal().mean()
             self.coef_.append(torch.linalg.solve(gram + lam * torch.eye(len(gram), dtype=gram.dtype),
                                                  Z.T @ s["dx"][:, l].double()))
         return self
 
-    def score(self, data: DepthData) -> np.ndarray:
+    def predict(self, data: DepthData) -> tuple[torch.Tensor, torch.Tensor]:
         s = data.samples()
-        pred = torch.stack([(self._design(s, l) @ c).to(s["dx"].dtype) for l, c in enumerate(self.coef_)], dim=1)
-        return r2_per_layer(s["dx"], pred)
+        return s["dx"], torch.stack([self._design(s, l) @ c for l, c in enumerate(self.coef_)], dim=1)
