@@ -59,7 +59,7 @@ from lagrangian_lens.mechanics.symmetry import JacobianSymmetryTest
 # Our arms: name -> (SharedPotentialFit settings, what the arm shows). Each route arm is the new default with one
 # setting changed, so its row shows what that route is worth on its own.
 OURS = {
-    "v0": (dict(schedule="plateau", tol=0.0, batch_size=512, max_epochs=300, patience=30),
+    "v0": (dict(solver="joint", lr=3e-3, schedule="plateau", tol=0.0, batch_size=512, max_epochs=300, patience=30),
            "original fit: joint AdamW, batch 512, plateau, 300 epochs"),
     "new": ({}, "defaults: joint, batch 64, anneal on convergence"),
     "varpro": (dict(solver="varpro"), "new + variable projection of α, β"),

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import copy
 import math
+import numbers
 import time
 from dataclasses import dataclass, field
 
@@ -55,12 +56,14 @@ class SolverSettings:
     def validate(self) -> None:
         """Raise ConfigError naming the first setting outside its range, and how to fix it."""
         if self.solver not in SOLVERS:
-            raise ConfigError("solver", f"must be one of {SOLVERS}, got {self.solver!r}")
+            raise ConfigError("solver", f"must be one of {SOLVERS}, got {self.solver!r}. Fix: leave it at 'joint' "
+                                        "unless comparing solvers")
         if self.schedule not in SCHEDULES:
-            raise ConfigError("schedule", f"must be one of {SCHEDULES}, got {self.schedule!r}")
+            raise ConfigError("schedule", f"must be one of {SCHEDULES}, got {self.schedule!r}. Fix: 'anneal' (the "
+                                          "default) or 'plateau' (the original fit's)")
         for name in ("batch_size", "max_epochs", "patience", "window"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
                 raise ConfigError(name, f"must be a positive integer, got {value!r}")
         if not self.lr > 0:
             raise ConfigError("lr", f"must be > 0, got {self.lr!r}")
@@ -72,7 +75,8 @@ class SolverSettings:
                                      "tol=0 turns off. Fix: give tol > 0 (e.g. 0.02), or another schedule")
         if not 0 < self.decay_fraction <= 10:
             raise ConfigError("decay_fraction", f"must be in (0, 10], got {self.decay_fraction!r}")
-        if isinstance(self.polish_steps, bool) or not isinstance(self.polish_steps, int) or self.polish_steps < 0:
+        steps = self.polish_steps
+        if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 0:
             raise ConfigError("polish_steps", f"must be an integer >= 0 (0 skips the polish), got {self.polish_steps!r}")
 
 
@@ -199,9 +203,9 @@ def fit_potential(potential, s: dict, sv: dict, n_layers: int, settings: SolverS
         gram_sum, rhs_sum = 0.0, 0.0
         for step, i in enumerate(range(0, len(order), settings.batch_size)):
             if decay is not None:  # cosine from lr to 0 over the decay epochs
-                progress_ = min(1.0, (epoch - decay[0] + step / steps_per_epoch) / decay[1])
+                done = min(1.0, (epoch - decay[0] + step / steps_per_epoch) / decay[1])
                 for group in opt.param_groups:
-                    group["lr"] = settings.lr * 0.5 * (1 + math.cos(math.pi * progress_))
+                    group["lr"] = settings.lr * 0.5 * (1 + math.cos(math.pi * done))
             idx = order[i:i + settings.batch_size]
             batch = {k: t[idx] for k, t in s.items()}
             f = forces(potential, batch)  # (B, L, d), differentiable in ψ
