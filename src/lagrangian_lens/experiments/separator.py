@@ -40,6 +40,7 @@ from ..data.corpora import read_corpus
 from ..data.papers import SEPARATOR_MODELS, published
 from ..errors import ConfigError, DataError, LensError, TrajectoryError, UnsupportedArchitectureError
 from ..mechanics.depth_data import CENTERINGS, DepthData
+from ..mechanics.potential_solver import SolverSettings
 from ..models import DEFAULT_MODEL, LoadedModel, load_model
 from ..models.pretrained.architectures import final_norm
 from ..models.pretrained.loading import resolve_device
@@ -309,7 +310,9 @@ def run_separator(cfg: SeparatorConfig, *, progress: bool = True) -> dict:
             raise TrajectoryError(f"the {name} model's depth trajectories cannot be fitted: {exc} (a model matched "
                                   "to a small SPLM can have a single block; give the SPLM more parameters)",
                                   options=("d_model", "v_hidden")) from None
-        fit_key = digest({"depth": depth_key, "potential": potential, "version": FIT_VERSION})
+        # The solver's defaults are what every fit here runs with: a change of them must refit, not reuse.
+        fit_key = digest({"depth": depth_key, "potential": potential, "version": FIT_VERSION,
+                          "solver": dataclasses.asdict(SolverSettings())})
         fits = _cached_json(out / "fits" / f"{name}-{fit_key}.json", lambda: analyse_potential(data, cfg.potential_config()))
         token = _cached_json(out / "fits" / f"{name}_token_axis-{fit_key}.json",
                              lambda: analyse_token_axis(data, cfg.potential_config()))
