@@ -6,7 +6,8 @@ import math
 import numpy as np
 import pytest
 
-from lagrangian_lens.analysis.cross_model import pearson, size_correlations
+from lagrangian_lens.analysis import cross_model
+from lagrangian_lens.analysis.cross_model import pearson, permutation_p_value, size_correlations
 from lagrangian_lens.cli.args import dataclass_from_args
 from lagrangian_lens.cli import build_parser
 from lagrangian_lens.errors import ConfigError
@@ -69,6 +70,26 @@ def test_pearson_needs_three_points_and_an_interval_four():
     three = pearson([1, 2, 3], [1, 3, 2])
     np.testing.assert_allclose(three["r"], 0.5)
     assert three["ci_low"] is None
+
+
+def test_permutation_p_value_is_exact_for_few_models():
+    # A perfect monotone line: only the identity and the reversal reach |r| = 1 among the n! orderings.
+    np.testing.assert_allclose(permutation_p_value([1, 2, 3], [2, 4, 6]), 2 / 6)
+    np.testing.assert_allclose(permutation_p_value([1, 2, 3, 4], [1, 2, 3, 4]), 2 / 24)
+    # r = 0.5 for n = 3: orderings give r in {1, .5, .5, -.5, -.5, -1}, all |r| >= .5.
+    np.testing.assert_allclose(permutation_p_value([1, 2, 3], [1, 3, 2]), 1.0)
+
+
+def test_sampled_permutation_p_value_agrees_with_the_exact_one(monkeypatch):
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=8)
+    y = 0.6 * x + rng.normal(size=8)
+    exact = permutation_p_value(x, y)
+    monkeypatch.setattr(cross_model, "EXACT_UP_TO", 7)
+    sampled = permutation_p_value(x, y)
+    # 20 000 draws: the sampling standard error is below 0.004 for any p.
+    np.testing.assert_allclose(sampled, exact, atol=0.015)
+    assert 0 < exact < 0.2  # a real effect, well above the floor 2/8!
 
 
 def test_size_correlations_take_each_weight_class_on_its_own():
