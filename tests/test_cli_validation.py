@@ -30,8 +30,10 @@ def folders(tmp_path):
     not_sep.mkdir()
     tiny = tmp_path / "tiny"
     tiny_config("llama").save_pretrained(tiny)
+    empty = tmp_path / "empty-prompts.txt"
+    empty.write_text("\n\n")
     return {"file": str(a_file), "energy": str(energy_dir), "train": str(train_dir), "not_sep": str(not_sep),
-            "tmp": str(tmp_path), "tiny": f"random:{tiny}"}
+            "tmp": str(tmp_path), "tiny": f"random:{tiny}", "empty": str(empty)}
 
 
 # (case id, argv with {placeholders}, a fragment the one-line message must contain)
@@ -68,6 +70,18 @@ CASES = [
     ("splm-checkpoint", ["separator", "--splm-checkpoint", "{energy}"], "--splm-checkpoint: "),
     ("missing-prompts-file", ["energy", "--prompts", "{tmp}/no-such-prompts.txt", "--model", "{tiny}"],
      "is neither 'default', a corpus"),
+    ("steer-eta-1", ["steer", "--eta", "1"], "--eta: must be > 0 and < 1"),
+    ("steer-eta-0", ["steer", "--eta", "0"], "--eta: must be > 0 and < 1"),
+    ("steer-max-steps", ["steer", "--max-steps", "0"], "--max-steps: must be >= 1"),
+    ("steer-positions", ["steer", "--positions", "0"], "--positions: must be >= 1"),
+    ("steer-site", ["steer", "--site", "block.x"], "--site: bad site 'block.x'"),
+    ("steer-judge", ["steer", "--judges", "gpt4"], "--judges: unknown judge 'gpt4'; known judges: embedding, lm"),
+    ("steer-judge-model", ["steer", "--judges", "lm:"], "--judges: unknown judge 'lm:'"),
+    ("steer-texts", ["steer", "--texts", "1"], "--texts: the paired tests need at least 2 texts"),
+    ("steer-n-prompts", ["steer", "--n-prompts", "10", "--texts", "20"], "--n-prompts: 10 prompts cannot give 20"),
+    ("steer-energy-tokens", ["steer", "--energy-tokens", "2"], "--energy-tokens: the energy of a steered"),
+    ("steer-empty-prompts", ["steer", "--prompts", "{empty}", "--model", "{tiny}"], "has no non-empty line"),
+    ("report-steer", ["report", "--steer", "{energy}"], "--steer: "),
     ("train-eval-every", ["train", "--eval-every", "0"], "--eval-every"),
     ("train-block-size", ["train", "--block-size", "0"], "--block-size"),
     ("train-tokenizer", ["train", "--tokenizer", "bpe:x"], "--tokenizer"),

@@ -34,8 +34,12 @@ def test_the_install_hint_pins_what_requirements_models_txt_pins():
     requirements = Path(__file__).resolve().parents[1] / "requirements-models.txt"
     if not requirements.is_file():
         pytest.skip("not a checkout: no requirements-models.txt")
+    from lagrangian_lens.models.pretrained.sentence import WHEEL, WHEEL_SHA256, WHEEL_VERSION
+
     pins = " ".join(line.strip(" \\") for line in requirements.read_text().splitlines() if not line.startswith("#"))
-    assert pins.split() == [DEFAULT_WHEEL, f"--hash=sha256:{DEFAULT_WHEEL_SHA256}"]
+    # The default model, then the embedding judge's model; the errors' install hints name the same pins.
+    assert pins.split() == [DEFAULT_WHEEL, f"--hash=sha256:{DEFAULT_WHEEL_SHA256}",
+                            f"{WHEEL}=={WHEEL_VERSION}", f"--hash=sha256:{WHEEL_SHA256}"]
     assert f"{DEFAULT_WHEEL} --hash=sha256:{DEFAULT_WHEEL_SHA256}" in ALIASES["smollm2-135m-instruct"].install
 
 

@@ -8,11 +8,12 @@ import pytest
 
 from lagrangian_lens.analysis import cross_model
 from lagrangian_lens.analysis.cross_model import pearson, permutation_p_value, size_correlations
-from lagrangian_lens.cli.args import dataclass_from_args
 from lagrangian_lens.cli import build_parser
+from lagrangian_lens.cli.args import dataclass_from_args
 from lagrangian_lens.errors import ConfigError
 from lagrangian_lens.experiments.energy import EnergyConfig
 from lagrangian_lens.experiments.presets import PRESETS, from_preset, preset_record
+from lagrangian_lens.experiments.steer import SteerConfig
 from lagrangian_lens.experiments.stp import StpConfig
 from lagrangian_lens.report import ReportConfig
 
@@ -35,7 +36,7 @@ def test_the_cli_applies_a_preset_under_explicit_options():
         ("table1", 7, 100, "wikitext-2-test")
 
 
-CONFIGS = {"energy": EnergyConfig, "stp": StpConfig, "report": ReportConfig}
+CONFIGS = {"energy": EnergyConfig, "stp": StpConfig, "report": ReportConfig, "steer": SteerConfig}
 
 
 @pytest.mark.parametrize("name", list(PRESETS))

@@ -1,7 +1,7 @@
 """lagrangian-lens: the mechanics of language models.
 
 Layers, each importing only those before it: ``errors`` -> ``nn`` -> ``models`` -> ``trajectories`` ->
-``mechanics`` -> ``analysis`` -> ``experiments`` -> ``report`` -> ``cli``. The names below are the public
+``mechanics`` -> ``analysis`` -> ``steering`` -> ``experiments`` -> ``report`` -> ``cli``. The names below are the public
 Python API::
 
     import lagrangian_lens as ll
@@ -34,11 +34,14 @@ _EXPORTS = {
     "SharedPotentialFit": "lagrangian_lens.mechanics.potential_fit",
     "DepthData": "lagrangian_lens.mechanics.depth_data",
     "probe_causality": "lagrangian_lens.models.own.causality",
+    "jacobian_steer": "lagrangian_lens.steering.jacobian",
+    "SteeringResult": "lagrangian_lens.steering.jacobian",
+    "steer_generate": "lagrangian_lens.steering.generate",
 }
 
-__all__ = ["DepthData", "LoadedModel", "ModelSpec", "SharedPotentialFit", "Site", "Trajectory", "__version__",
-           "analyse_energy", "analyse_sphere", "analyse_stp", "extract", "generate", "load_model", "probe_causality",
-           "readout"]
+__all__ = ["DepthData", "LoadedModel", "ModelSpec", "SharedPotentialFit", "Site", "SteeringResult", "Trajectory",
+           "__version__", "analyse_energy", "analyse_sphere", "analyse_stp", "extract", "generate", "jacobian_steer",
+           "load_model", "probe_causality", "readout", "steer_generate"]
 
 
 def _version() -> str:
@@ -75,4 +78,6 @@ if TYPE_CHECKING:  # static tools see the real names
     from .models.own.causality import probe_causality
     from .models.pretrained.loading import LoadedModel, load_model
     from .models.spec import ModelSpec
+    from .steering.generate import steer_generate
+    from .steering.jacobian import SteeringResult, jacobian_steer
     from .trajectories import Site, Trajectory, extract, generate, readout

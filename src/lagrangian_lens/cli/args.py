@@ -41,8 +41,10 @@ def _own_field_docs(cls) -> dict[str, str]:
         if (isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant) and isinstance(nxt.value.value, str)):
             docs[node.target.id] = " ".join(nxt.value.value.split())
         else:
-            comments = [t.string for t in tokenize.generate_tokens(io.StringIO(lines[node.end_lineno - 1]).readline)
-                        if t.type == tokenize.COMMENT]
+            # The whole statement is tokenized (a field may span lines); its last line's comment is the doc.
+            statement = "\n".join(lines[node.lineno - 1:node.end_lineno]).strip() + "\n"
+            comments = [t.string for t in tokenize.generate_tokens(io.StringIO(statement).readline)
+                        if t.type == tokenize.COMMENT and t.start[0] == node.end_lineno - node.lineno + 1]
             if comments:
                 docs[node.target.id] = comments[-1].lstrip("#").strip()
     return docs

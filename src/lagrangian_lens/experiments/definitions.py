@@ -88,6 +88,37 @@ SPHERE = [
 ]
 
 
+STEER = [
+    ["jacobian.success", "share of pairs with p(t*) ≥ η when Algorithm 1 stopped", "how often steering reached η"],
+    ["jacobian.steps", "accepted gradient steps", "Algorithm 1's iterations per pair (at most K)"],
+    ["jacobian.delta_norm", "‖h_steered − h‖ (median over pairs)", "the size of the intervention"],
+    ["jacobian.kl", "KL(p_natural ‖ p_steered) of the next-token distributions", "how much else changed"],
+    ["jacobian.action_increment", "ΔS = ln(½‖δh‖²) − Δ ln p(t*) (median)", "the log-Lagrangian's action cost"],
+    ["jacobian.p_before, jacobian.p_after", "p(t*) before and after steering", "the target's probability"],
+    ["*.norm_ratio", "‖δh‖ a baseline needs for the Jacobian's gain / the Jacobian's ‖δh‖ (median, over pairs "
+     "where it reached the gain)", "≥ 1 in the linear regime by Theorem E.1"],
+    ["*.reached", "share of pairs where the baseline reached the Jacobian's gain within its search range",
+     "a random direction often cannot"],
+    ["*.kl_at_equal_gain", "KL(p_natural ‖ p_method) at the Jacobian's gain in log p(t*), over the pairs where "
+     "the method reached that gain (see *.reached: a rarely-reaching method's mean is over its easy pairs)",
+     "collateral change for the same effect; logit_bias adds a constant to the target's logit"],
+    ["*.gain_at_equal_norm", "Δ ln p(t*) a method buys with the Jacobian's ‖δh‖", "the Jacobian's own is its gain"],
+    ["jacobian.logp_gain", "ln p_after − ln p_before", ""],
+    ["<judge>.<method>", "the judge's score of the method's top-k lists, averaged over positions then texts",
+     "natural, jacobian, additive (along W_t*) and random (one random direction), both at the Jacobian's ‖δh‖"],
+    ["<judge>.<method>.cohens_dz", "mean(d)/sd(d) of the per-text differences d = method − natural, with a "
+     "bootstrap interval over texts", "the paired effect size (the paper's Cohen's d)"],
+    ["<judge>.<method>.p_value", "two-sided paired t-test, df = texts − 1", "Table 3's p"],
+    ["<judge>.<method>.sign_p_value, *.n_higher, *.n_lower", "exact two-sided sign test over the texts whose "
+     "scores differ", "no assumption on the shape of the differences"],
+    ["energy.natural.*, energy.steered.*", "the energy metrics (see the energy section) of natural and steered "
+     "continuations, steered toward the true tokens", "the paper's 'near-constant energy under steering'"],
+    ["energy.paired.*.p_value", "paired t-test over trajectories of the per-trajectory CV of H / drift",
+     "whether steering changed the energy's variation"],
+    ["texts", "texts (units of the paired tests)", ""],
+]
+
+
 def names_of(cell: str) -> list[str]:
     """The names (or patterns) a definition row's first cell defines."""
     return [n.strip() for n in cell.split(NAME_SEPARATOR.strip()) if n.strip()]

@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from ..analysis.cross_model import size_correlations
-from ..data.papers import missing
 from ..analysis.energy import EnergyAnalysis, EnergyConventions, analyse_energy
+from ..data.papers import missing
 from ..errors import ConfigError, TrajectoryError
 from ..mechanics.stats import normalise_by_row_mean_exp, steps_diff
 from ..models.pretrained.architectures import unembedding

@@ -51,11 +51,27 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
                "tokens (about the paper's 1314 triplets over 50 trajectories), stand in for it.",
                "'Last-layer hidden states' is read as the input of the unembedding (site final), as in HF's "
                "hidden_states[-1]; the first position (an attention sink) is dropped.")),
+    Preset(
+        name="table3",
+        commands=("steer",),
+        values={"prompts": "wikitext-2-test", "n_prompts": 80, "texts": 50, "context_tokens": 50, "positions": 10,
+                "site": "final", "eta": 0.5, "top_k": 10},
+        source="Tomaz et al., Momentum–Point-Perplexity Mechanics in LLMs (arXiv:2508.08492), Sec. E.3.1 and Table 3",
+        notes=("50 WikiText-2 test articles, their first 50 tokens as context; at each of the next 10 positions the "
+               "state at the input of the unembedding is steered toward the true next token; top-10 lists rated.",
+               "Some WikiText-2 openings are shorter than the tokens the protocol reads (context, positions, the "
+               "judges' continuation, the energy check); the first 50 of 80 openings long enough are used, and the "
+               "results list the skipped ones (texts_too_short).",
+               "The paper's rater (GPT-4.1) is replaced by offline judges (embedding, lm); openai:<model> reaches "
+               "an OpenAI-compatible endpoint for users who have one.",
+               "A text's score is the mean over its positions, and the paired tests run over texts (N = 50 in "
+               "the paper).")),
 )}
 
 
 # The config class of each command a preset can name (by class name: this module sits below the experiments).
-COMMAND_CONFIGS = {"energy": "EnergyConfig", "stp": "StpConfig", "sphere": "SphereConfig", "report": "ReportConfig"}
+COMMAND_CONFIGS = {"energy": "EnergyConfig", "stp": "StpConfig", "sphere": "SphereConfig", "report": "ReportConfig",
+                   "steer": "SteerConfig"}
 
 
 def check_preset(name: str, cls) -> Preset:

@@ -79,6 +79,7 @@ class Stage:
     needs_model: bool = False  # the analysis calls the model (e.g. its read-out), not only the trajectories
     version: int = 1  # raised whenever the analysis computes something new: results of an older version are redone
     across_runs: Callable[[list[dict]], dict] | None = None  # entries -> a summary over the runs (results.json)
+    shows_progress: bool = False  # analyse takes progress=<bool> (a long analysis draws its own bars unless --quiet)
 
 
 @dataclass(frozen=True)
@@ -334,7 +335,8 @@ def _run_plan(plan, cfg, traj, stages, folders, base, prompts, sites, entries, p
     for s in pending:
         run_dir = inside(folders[s.name], plan.name)
         run_dir.mkdir(parents=True, exist_ok=True)
-        result = s.analyse(trajectories, loaded, n_blocks)
+        result = (s.analyse(trajectories, loaded, n_blocks, progress=progress) if s.shows_progress
+                  else s.analyse(trajectories, loaded, n_blocks))
         s.save(run_dir, result)
         save_replicates(run_dir, result.get("replicates") or {}, keys[s.name])  # before result.json: part of finished
         entry = {"run": plan.name, "model": plan.label.removeprefix("random:"), "spec": plan.label,

@@ -13,8 +13,9 @@ def cell(value) -> str:
     """A metric as text: ``value [ci_low, ci_high]`` for estimates, 4 significant digits for numbers."""
     if value is None:
         return "-"
-    if isinstance(value, dict):
-        return f"{value['value']:.4g} [{value['ci_low']:.4g}, {value['ci_high']:.4g}]"
+    if isinstance(value, dict):  # an estimate; a part that was NaN is stored as null and prints as -
+        part = lambda x: "-" if x is None else f"{x:.4g}"  # noqa: E731
+        return f"{part(value.get('value'))} [{part(value.get('ci_low'))}, {part(value.get('ci_high'))}]"
     if isinstance(value, bool) or isinstance(value, int):
         return str(value)
     if isinstance(value, float):

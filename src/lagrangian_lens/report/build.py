@@ -22,7 +22,7 @@ from ..experiments.runner import run_stages
 from ..provenance import read_json
 from .html import provenance_section, write_report
 
-SEPARATOR = "separator"
+SEPARATOR, STEER = "separator", "steer"
 
 
 @dataclass
@@ -38,6 +38,8 @@ class ReportConfig:
     sphere: SphereConventions = field(default_factory=SphereConventions)
     separator: str | None = None
     """Add the shared-potential separator section from this finished `separator` run folder."""
+    steer: str | None = None
+    """Add the Jacobian-steering (Table 3) section from this finished `steer` run folder."""
 
     # The geometry sections run along tokens at the energy site, on the energy's trajectories.
     FIXED = frozenset({"axis"})
@@ -46,23 +48,37 @@ class ReportConfig:
         check_span(self.trajectories, self.energy)
         if self.paths.axis != "token":
             raise ConfigError("axis", "the report's geometry sections run along the token axis at the energy site")
-        if self.separator is not None:
-            check_separator_folder(self.separator)
+        for name in FINISHED_RUNS:
+            if getattr(self, name) is not None:
+                check_finished_folder(getattr(self, name), name)
 
 
-def check_separator_folder(folder: str) -> None:
+# Experiments whose finished run folder the report can include as a section (--separator DIR, --steer DIR): they
+# run on their own data (trained models, long teacher-forced texts), not on the report's trajectories.
+FINISHED_RUNS = (SEPARATOR, STEER)
+
+
+def check_finished_folder(folder: str, experiment: str) -> None:
+    """``folder`` holds a finished run of ``experiment``, else a ConfigError naming the option that gave it."""
     path = Path(folder).expanduser()
     run_file, results = path / "run.json", path / "results.json"
     if not (run_file.is_file() and results.is_file()):
-        raise ConfigError("separator", f"{folder!r} is not a finished separator run: it lacks run.json or "
-                                       "results.json. Run the separator into it first.")
+        raise ConfigError(experiment, f"{folder!r} is not a finished {experiment} run: it lacks run.json or "
+                                      f"results.json. Run `lagrangian-lens {experiment}` into it first.")
     try:
         owner = read_json(run_file).get("experiment")
         read_json(results)
     except (ValueError, AttributeError):
-        raise ConfigError("separator", f"{folder!r} holds unreadable run.json or results.json") from None
-    if owner != SEPARATOR:
-        raise ConfigError("separator", f"{folder!r} holds a {owner} run, not a separator run")
+        raise ConfigError(experiment, f"{folder!r} holds unreadable run.json or results.json") from None
+    if owner != experiment:
+        raise ConfigError(experiment, f"{folder!r} holds a {owner} run, not a {experiment} run")
+
+
+def finished_section(registry: dict, experiment: str, folder: str):
+    """The report section of a finished run folder: the separator's own results, or a per-model experiment's runs."""
+    path = Path(folder).expanduser()
+    results = read_json(path / "results.json")
+    return registry[experiment].section(path, results if experiment == SEPARATOR else results["runs"])
 
 
 # The quantisation type in a GGUF file name: 'model.Q4_1.gguf', 'model-q8_0.gguf', 'model.IQ4_XS.gguf', 'model.F16.gguf'.
@@ -114,9 +130,9 @@ def make_report(cfg: ReportConfig, *, progress: bool = True) -> tuple[Path, str]
         if e.figures is not None:
             e.figures(folders[e.name], entries[e.name])
         sections.append(e.section(folders[e.name], entries[e.name]))
-    if cfg.separator:
-        folder = Path(cfg.separator).expanduser()
-        sections.append(registry[SEPARATOR].section(folder, read_json(folder / "results.json")))
+    for name in FINISHED_RUNS:
+        if getattr(cfg, name):
+            sections.append(finished_section(registry, name, getattr(cfg, name)))
     first = entries[per_model[0].name]
     sections.append(provenance_section(first, read_json(out / "run.json")["environment"]))
     path = write_report(out / "report.html", "lagrangian-lens report", sections, subtitle=subtitle(first))

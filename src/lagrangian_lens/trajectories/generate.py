@@ -4,16 +4,21 @@ Prompts are left-padded so every sequence emits its next token from the last col
 the attention mask, so padding never shifts a real position. Each step feeds one token per sequence and
 reads its states from the hooks: no position is ever recomputed. Probabilities come from the raw logits,
 before temperature or top-k, so the energy sees the model's own distribution.
+
+A ``step_hook`` lets a caller act on each step's forward without copying this loop: it sees the step's inputs
+(:class:`StepInputs`) before the forward and may return a context manager the forward then runs inside (steering
+uses one that edits a site's state); the states, probabilities and chosen token then come from that forward.
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 from tqdm.auto import tqdm
 
-from ..errors import ConfigError
+from ..errors import ConfigError, DataError
 from .sites import expand_sites, record_sites
 from .tokens import token_stats, tokenize
 from .trajectory import Trajectory
@@ -47,11 +52,27 @@ class Decoding:
         return torch.multinomial(torch.softmax(z, -1), 1, generator=generator).squeeze(-1)
 
 
+@dataclass(frozen=True)
+class StepInputs:
+    """One decoding step's forward inputs, as a ``step_hook`` sees them before the forward runs."""
+
+    step: int  # 0: the prompts' forward; s >= 1: the forward of the s-th generated token
+    rows: range  # the prompts of this batch, as indices into the prompt list
+    input_ids: torch.Tensor  # (B, t): the left-padded prompts at step 0 (t = P), else the last token (t = 1)
+    attention_mask: torch.Tensor  # (B, P + step): 1 on real tokens, 0 on padding
+    position_ids: torch.Tensor  # (B, t)
+    past_key_values: object  # the KV cache of the earlier positions (None at step 0); a hook must leave it as is
+    generated: torch.Tensor  # (B, step): the tokens chosen so far
+
+
+StepHook = Callable[[StepInputs], contextlib.AbstractContextManager | None]
+
+
 @torch.no_grad()
 def generate(
     model,
     tokenizer,
-    prompts: Sequence[str],
+    prompts: Sequence[str] | Sequence[Sequence[int]],
     *,
     new_tokens: int = 100,
     context_tokens: int | None = 50,
@@ -62,30 +83,39 @@ def generate(
     keep_entropy: bool = True,
     progress: bool = False,
     metadata: dict | None = None,
+    step_hook: StepHook | None = None,
 ) -> list[Trajectory]:
-    """Generate ``new_tokens`` after each prompt (cut to its first ``context_tokens`` tokens).
+    """Generate ``new_tokens`` after each prompt (a string, or token ids used as given; cut to its first
+    ``context_tokens`` tokens).
 
     Each result has ``n_context`` = prompt length and ``prompt + new_tokens - 1`` positions: the prompt's
     positions (teacher-forced) then those of the generated tokens, each emitting the next one. With
-    ``stop_at_eos`` a trajectory ends at its first end-of-sequence token.
+    ``stop_at_eos`` a trajectory ends at its first end-of-sequence token. ``step_hook`` (see
+    :class:`StepInputs`) is called before every step's forward, which runs inside the context it returns.
     """
     if new_tokens < 1:
         raise ConfigError("new_tokens", f"must be >= 1, got {new_tokens}")
     sites = expand_sites(model, sites)
-    ids = tokenize(tokenizer, list(prompts), max_tokens=context_tokens, reserve=new_tokens, model=model)
+    if prompts and not isinstance(prompts[0], str):
+        ids = [list(map(int, x))[:context_tokens] for x in prompts]
+        if not all(ids):
+            raise DataError(f"prompt(s) at index {[i for i, x in enumerate(ids) if not x][:10]} hold no token ids")
+    else:
+        ids = tokenize(tokenizer, list(prompts), max_tokens=context_tokens, reserve=new_tokens, model=model)
     device = next(model.parameters()).device
     generator = torch.Generator(device=device).manual_seed(decoding.seed) if decoding.strategy == "sample" else None
     out: list[Trajectory] = []
     bar = tqdm(total=len(ids) * new_tokens, desc="generating", unit="tok", disable=not progress, leave=False)
     for start in range(0, len(ids), batch_size):
+        rows = range(start, min(start + batch_size, len(ids)))
         out += _generate_batch(model, tokenizer, ids[start:start + batch_size], new_tokens, sites, decoding,
-                               generator, device, stop_at_eos, keep_entropy, metadata or {}, bar)
+                               generator, device, stop_at_eos, keep_entropy, metadata or {}, bar, rows, step_hook)
     bar.close()
     return out
 
 
 def _generate_batch(model, tokenizer, batch, new_tokens, sites, decoding, generator, device, stop_at_eos,
-                    keep_entropy, metadata, bar) -> list[Trajectory]:
+                    keep_entropy, metadata, bar, rows, step_hook) -> list[Trajectory]:
     B, P = len(batch), max(map(len, batch))
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     input_ids = torch.full((B, P), pad, dtype=torch.long)
@@ -101,8 +131,13 @@ def _generate_batch(model, tokenizer, batch, new_tokens, sites, decoding, genera
     with record_sites(model, sites) as rec:
         step_ids, step_pos, cache = input_ids, positions, None
         for step in range(new_tokens):
-            out = model(input_ids=step_ids, attention_mask=mask, position_ids=step_pos,
-                        past_key_values=cache, use_cache=True)
+            context = None
+            if step_hook is not None:
+                generated = torch.stack(emitted, 1) if emitted else step_ids.new_zeros(B, 0)
+                context = step_hook(StepInputs(step, rows, step_ids, mask, step_pos, cache, generated))
+            with context or contextlib.nullcontext():
+                out = model(input_ids=step_ids, attention_mask=mask, position_ids=step_pos,
+                            past_key_values=cache, use_cache=True)
             cache = out.past_key_values
             for s, h in rec.pop().items():
                 states[s].append(h)

@@ -197,6 +197,9 @@ def readout(model: nn.Module, site: str) -> Callable[[torch.Tensor], torch.Tenso
     From earlier sites it applies the final norm first (the logit lens), which needs the block layout: exact
     for the last block, an approximation for earlier ones. Models that rescale logits after the unembedding
     in their own forward (Granite's logits_scaling, Cohere's logit_scale) are not reproduced.
+
+    From ``final``, with a bias-free head and no soft-cap, the read-out is exactly ``h @ W.T``: the returned
+    function then carries ``linear_weight = W`` (V, d), so callers (steering's closed-form gradient) can use it.
     """
     head, cap = unembedding(model), logit_softcap(model)
     to_head = None if str(site) == FINAL else final_map(model)
@@ -205,4 +208,8 @@ def readout(model: nn.Module, site: str) -> Callable[[torch.Tensor], torch.Tenso
         z = head(h if to_head is None else to_head(h))
         return cap * torch.tanh(z / cap) if cap else z
 
+    # A plain nn.Linear only: a quantised head's packed weight is not the (V, d) matrix of its logits.
+    linear = (to_head is None and not cap and isinstance(head, nn.Linear) and head.bias is None
+              and tuple(head.weight.shape) == (head.out_features, head.in_features))
+    logits.linear_weight = head.weight if linear else None
     return logits
