@@ -71,6 +71,14 @@ def test_every_pair_is_recorded_for_every_method(steered):
         if float(r["delta_norm"]) > 0:
             expected = np.log(0.5 * float(r["delta_norm"]) ** 2) - float(r["logp_gain"])
             np.testing.assert_allclose(float(r["action_increment"]), expected, rtol=1e-6)
+    # The baselines are compared on the pairs Algorithm 1 moved (δh > 0) only.
+    moved = {(r["text"], r["position"]) for r in jac if float(r["delta_norm"]) > 0}
+    assert moved, "the tiny protocol moved no pair: the check below would be empty"
+    for b in ("additive", "random", "best_random"):
+        reached = [np.isfinite(float(r["norm_at_equal_gain"])) for r in rows
+                   if r["method"] == b and (r["text"], r["position"]) in moved]
+        np.testing.assert_allclose(entry["metrics"][f"{b}.reached"]["value"], np.mean(reached), rtol=1e-12)
+    np.testing.assert_allclose(entry["metrics"]["jacobian.unmoved"]["value"], 1 - len(moved) / len(jac), rtol=1e-12)
     examples = (out / entry["run"] / "examples.txt").read_text()
     assert "natural" in examples and "jacobian" in examples and "true continuation" in examples
     energy = json.loads((out / entry["run"] / "energy.json").read_text())

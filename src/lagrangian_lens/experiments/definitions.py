@@ -95,14 +95,17 @@ STEER = [
     ["jacobian.kl", "KL(p_natural ‖ p_steered) of the next-token distributions", "how much else changed"],
     ["jacobian.action_increment", "ΔS = ln(½‖δh‖²) − Δ ln p(t*) (median)", "the log-Lagrangian's action cost"],
     ["jacobian.p_before, jacobian.p_after", "p(t*) before and after steering", "the target's probability"],
-    ["*.norm_ratio", "‖δh‖ a baseline needs for the Jacobian's gain / the Jacobian's ‖δh‖ (median, over pairs "
+    ["jacobian.unmoved", "share of pairs with p(t*) ≥ η before steering (δh = 0)", "the baselines below are "
+     "compared on the other pairs, the ones Algorithm 1 moved"],
+    ["*.norm_ratio", "‖δh‖ a baseline needs for the Jacobian's gain / the Jacobian's ‖δh‖ (median, over moved pairs "
      "where it reached the gain)", "≥ 1 in the linear regime by Theorem E.1"],
-    ["*.reached", "share of pairs where the baseline reached the Jacobian's gain within its search range",
+    ["*.reached", "share of moved pairs where the baseline reached the Jacobian's gain within its search range",
      "a random direction often cannot"],
-    ["*.kl_at_equal_gain", "KL(p_natural ‖ p_method) at the Jacobian's gain in log p(t*), over the pairs where "
-     "the method reached that gain (see *.reached: a rarely-reaching method's mean is over its easy pairs)",
+    ["*.kl_at_equal_gain", "KL(p_natural ‖ p_method) at the Jacobian's gain in log p(t*), over the moved pairs "
+     "where the method reached that gain (see *.reached: a rarely-reaching method's mean is over its easy pairs)",
      "collateral change for the same effect; logit_bias adds a constant to the target's logit"],
-    ["*.gain_at_equal_norm", "Δ ln p(t*) a method buys with the Jacobian's ‖δh‖", "the Jacobian's own is its gain"],
+    ["*.gain_at_equal_norm", "Δ ln p(t*) a method buys with the Jacobian's ‖δh‖ (moved pairs)",
+     "the Jacobian's own is jacobian.logp_gain"],
     ["jacobian.logp_gain", "ln p_after − ln p_before", ""],
     ["<judge>.<method>", "the judge's score of the method's top-k lists, averaged over positions then texts",
      "natural, jacobian, additive (along W_t*) and random (one random direction), both at the Jacobian's ‖δh‖"],

@@ -108,19 +108,21 @@ def _table(records: dict[str, list[dict]], n_texts: int, positions: int) -> dict
         return torch.tensor(values, dtype=torch.float64).reshape(n_texts, positions)
 
     table = {f"jacobian.{k}": column(JACOBIAN, k)
-             for k in ("success", "steps", "delta_norm", "kl", "action_increment", "p_before", "p_after")}
+             for k in ("success", "steps", "delta_norm", "kl", "action_increment", "p_before", "p_after", "logp_gain")}
+    # A pair already at η is not moved (δh = 0): every method "reaches" its zero gain there, so the baselines are
+    # compared on the moved pairs only (NaN elsewhere), and the share left unmoved is a metric of its own.
+    moved = table["jacobian.delta_norm"] > 0
+    table["jacobian.unmoved"] = (~moved).double()
+    nan = float("nan")
     for b in BASELINES:
         norm = column(b, "norm_at_equal_gain")
-        table[f"{b}.norm_ratio"] = norm / table["jacobian.delta_norm"]
-        table[f"{b}.reached"] = torch.isfinite(norm).double()
-        table[f"{b}.kl_at_equal_gain"] = column(b, "kl_at_equal_gain")
-        table[f"{b}.gain_at_equal_norm"] = column(b, "gain_at_equal_norm")
-    table["logit_bias.kl_at_equal_gain"] = column("logit_bias", "kl_at_equal_gain")
-    table["jacobian.logp_gain"] = column(JACOBIAN, "logp_gain")
-    # Finite only where the baseline reached the gain: +inf would make every mean infinite.
-    for b in BASELINES:
-        table[f"{b}.norm_ratio"] = table[f"{b}.norm_ratio"].masked_fill(~torch.isfinite(table[f"{b}.norm_ratio"]),
-                                                                        float("nan"))
+        ratio = norm / table["jacobian.delta_norm"]
+        # Finite only where the baseline reached the gain: +inf would make every mean infinite.
+        table[f"{b}.norm_ratio"] = ratio.masked_fill(~(moved & torch.isfinite(ratio)), nan)
+        table[f"{b}.reached"] = torch.isfinite(norm).double().masked_fill(~moved, nan)
+        table[f"{b}.kl_at_equal_gain"] = column(b, "kl_at_equal_gain").masked_fill(~moved, nan)
+        table[f"{b}.gain_at_equal_norm"] = column(b, "gain_at_equal_norm").masked_fill(~moved, nan)
+    table["logit_bias.kl_at_equal_gain"] = column("logit_bias", "kl_at_equal_gain").masked_fill(~moved, nan)
     return table
 
 
@@ -194,7 +196,8 @@ def steer_stage(cfg: SteerConfig) -> Stage:
     settings = {"protocol": dataclasses.asdict(protocol), "context_tokens": cfg.context_tokens, "texts": cfg.texts,
                 "judges": {spec: judge_identity(spec) for spec in judging.judges},
                 "bootstrap": dataclasses.asdict(boot)}
-    return Stage("steer", protocol.site, settings, analyse, save, needs_model=True, version=1, shows_progress=True)
+    # 2: the baselines are compared on the pairs Algorithm 1 moved; jacobian.unmoved
+    return Stage("steer", protocol.site, settings, analyse, save, needs_model=True, version=2, shows_progress=True)
 
 
 def select_texts(trajectories, need: int, n_texts: int) -> tuple[list[int], list[int]]:

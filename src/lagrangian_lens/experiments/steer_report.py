@@ -29,7 +29,7 @@ METHOD_LABELS = {"jacobian": "Jacobian (Algorithm 1)", "additive": "additive alo
                  "random": "random direction, equal ‖δh‖"}
 
 
-def number(x, digits: int = 3) -> str:
+def number(x, digits: int = 4) -> str:
     return "-" if x is None or (isinstance(x, float) and x != x) else f"{x:.{digits}g}"
 
 
@@ -109,11 +109,10 @@ def baseline_rows(entries: list[dict]) -> list[list[str]]:
     return rows
 
 
-STEERING_KEYS = ("jacobian.success", "jacobian.steps", "jacobian.delta_norm", "jacobian.kl",
-                 "jacobian.action_increment", "jacobian.p_before", "jacobian.p_after",
-                 "additive.norm_ratio", "additive.reached", "additive.kl_at_equal_gain",
-                 "random.norm_ratio", "random.reached", "random.kl_at_equal_gain",
-                 "best_random.norm_ratio", "best_random.reached", "best_random.kl_at_equal_gain",
+STEERING_KEYS = ("jacobian.success", "jacobian.unmoved", "jacobian.steps", "jacobian.delta_norm", "jacobian.kl",
+                 "jacobian.action_increment", "jacobian.p_before", "jacobian.p_after", "jacobian.logp_gain",
+                 *(f"{b}.{k}" for b in ("additive", "random", "best_random")
+                   for k in ("norm_ratio", "reached", "kl_at_equal_gain", "gain_at_equal_norm")),
                  "logit_bias.kl_at_equal_gain")
 ENERGY_KEYS = tuple(f"energy.{w}.{m}" for m in ("global_cv", "avg_trajectory_cv", "drift_h", "mean_log_energy")
                     for w in ("natural", "steered")) + ("energy.paired.avg_trajectory_cv.p_value",
@@ -145,9 +144,11 @@ def explain_steering(entries: list[dict]) -> list[str]:
             if key.endswith(f".{JACOBIAN}.cohens_dz") and isinstance(value, dict):
                 judge = key.removesuffix(f".{JACOBIAN}.cohens_dz")
                 rand = m.get(f"{judge}.random.cohens_dz") or {}
-                out.append(f"Judge {judge}: steered against natural d_z = {number(value['value'])} "
-                           f"(p = {number(m.get(f'{judge}.{JACOBIAN}.p_value'))}); a random direction of the same norm "
-                           f"gives d_z = {number(rand.get('value'))}.")
+                natural = _value(m.get(f"{judge}.{NATURAL}"))
+                out.append(f"Judge {judge}: the steered lists score {number(m.get(f'{judge}.{JACOBIAN}.mean_difference'))} "
+                           f"above the natural ones on average (natural mean {number(natural)}), d_z = "
+                           f"{number(value['value'])}, p = {number(m.get(f'{judge}.{JACOBIAN}.p_value'))}; a random "
+                           f"direction of the same norm gives d_z = {number(rand.get('value'))}.")
         cv_n, cv_s = m.get("energy.natural.avg_trajectory_cv"), m.get("energy.steered.avg_trajectory_cv")
         if cv_n and cv_s:
             out.append(f"Energy: the mean per-trajectory CV of H is {number(cv_n['value'])} natural and "
@@ -189,11 +190,12 @@ def steer_figures(out: Path, entries: list[dict]) -> list[Path]:
     fig, axes = plt.subplots(1, len(entries), figsize=(4.6 * len(entries), 3.6), squeeze=False)
     for ax, e in zip(axes[0], entries):
         norms = _norms(Path(out) / e["run"] / "pairs.csv")
-        finite = np.concatenate([v[np.isfinite(v)] for v in norms.values()] or [np.zeros(1)])
-        bins = np.logspace(np.log10(max(finite[finite > 0].min(initial=1e-6), 1e-6)),
-                           np.log10(max(finite.max(initial=1.0), 1e-5)), 40)
-        for method, values in norms.items():
-            ax.hist(values[np.isfinite(values) & (values > 0)], bins, histtype="step", lw=1.4, label=method)
+        shown = {m: v[np.isfinite(v) & (v > 0)] for m, v in norms.items()}  # +inf: never reached the gain
+        pooled = np.concatenate([*shown.values(), np.ones(1)])
+        bins = np.logspace(np.log10(pooled.min()), np.log10(pooled.max()) + 1e-9, 40)
+        for method, values in shown.items():
+            ax.hist(values, bins, histtype="step", lw=1.4,
+                    label=f"{method} ({len(values)} of {len(norms[method])} pairs)")
         ax.set_xscale("log")
         ax.set_xlabel("‖δh‖ to reach the Jacobian's gain")
         ax.set_ylabel("pairs")

@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from ..errors import ConfigError, DataError
 from .sites import expand_sites, record_sites
-from .tokens import token_stats, tokenize
+from .tokens import left_pad, token_stats, tokenize
 from .trajectory import Trajectory
 
 DECODINGS = ("greedy", "sample")
@@ -117,14 +117,7 @@ def generate(
 def _generate_batch(model, tokenizer, batch, new_tokens, sites, decoding, generator, device, stop_at_eos,
                     keep_entropy, metadata, bar, rows, step_hook) -> list[Trajectory]:
     B, P = len(batch), max(map(len, batch))
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    input_ids = torch.full((B, P), pad, dtype=torch.long)
-    mask = torch.zeros((B, P), dtype=torch.long)
-    for b, x in enumerate(batch):  # left padding: every prompt ends in the last column
-        input_ids[b, P - len(x):] = torch.tensor(x)
-        mask[b, P - len(x):] = 1
-    input_ids, mask = input_ids.to(device), mask.to(device)
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    input_ids, mask, positions = left_pad(batch, tokenizer.pad_token_id, device)  # every prompt ends in column P-1
 
     states = {s: [] for s in sites}  # per site: (B, t, d) chunks along positions
     logp, maxlogp, ent, emitted = [], [], [], []

@@ -66,3 +66,19 @@ def token_stats(logits: torch.Tensor, targets: torch.Tensor, rows: int | None = 
             out[1, b, s:s + rows] = top.squeeze(-1) - lse
             out[2, b, s:s + rows] = lse - torch.linalg.vecdot(e, z) / total
     return out[0], out[1], out[2]
+
+
+def left_pad(batch: list[list[int]], pad_id: int | None, device=None) -> tuple[torch.Tensor, ...]:
+    """Token lists as one left-padded batch, so that every sequence ends in the last column.
+
+    Returns ``input_ids`` (B, P), ``attention_mask`` (B, P) and ``position_ids`` (B, P), the positions following
+    the mask so that padding never shifts a real position. ``pad_id`` None pads with 0 (masked anyway).
+    """
+    B, P = len(batch), max(map(len, batch))
+    input_ids = torch.full((B, P), 0 if pad_id is None else pad_id, dtype=torch.long)
+    mask = torch.zeros((B, P), dtype=torch.long)
+    for b, x in enumerate(batch):
+        input_ids[b, P - len(x):] = torch.as_tensor(x)
+        mask[b, P - len(x):] = 1
+    input_ids, mask = input_ids.to(device), mask.to(device)
+    return input_ids, mask, (mask.cumsum(-1) - 1).clamp(min=0)

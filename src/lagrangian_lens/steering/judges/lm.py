@@ -13,7 +13,7 @@ from ...errors import DataError, ModelSpecError
 from ...models import DEFAULT_MODEL, LoadedModel, load_model
 from ...models.spec import ModelSpec
 from ...trajectories.sites import count_hooks
-from ...trajectories.tokens import context_limit
+from ...trajectories.tokens import context_limit, left_pad
 from .base import PLAIN_SUFFIX, RATING_PROMPT, Judge, JudgeError, JudgeItem, check_items, rating_message
 
 
@@ -115,15 +115,8 @@ class LMJudge(Judge):
         """(B, 10) float64 log-probabilities of the ratings 1..10 (unnormalised) for a batch of prompts."""
         model, digits, ten = self.lm.model, self.tokens.digits, self.tokens.ten
         device = next(model.parameters()).device
-        B, P = len(batch), max(map(len, batch))
-        pad = self.lm.tokenizer.pad_token_id if self.lm.tokenizer.pad_token_id is not None else 0
-        input_ids = torch.full((B, P), pad, dtype=torch.long)
-        mask = torch.zeros((B, P), dtype=torch.long)
-        for b, x in enumerate(batch):  # left padding: every prompt ends in the last column
-            input_ids[b, P - len(x):] = torch.tensor(x)
-            mask[b, P - len(x):] = 1
-        input_ids, mask = input_ids.to(device), mask.to(device)
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)  # padding never shifts a real position
+        B = len(batch)
+        input_ids, mask, positions = left_pad(batch, self.lm.tokenizer.pad_token_id, device)  # answers in the last column
         out = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=ten is None)
         logp = torch.log_softmax(out.logits[:, -1].float(), -1).double()  # (B, V)
         rating_logp = torch.empty(B, 10, dtype=torch.float64, device=device)  # column k-1: rating k
