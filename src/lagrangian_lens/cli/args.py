@@ -70,7 +70,7 @@ def _choices(hint) -> tuple | None:
 
 def add_dataclass_arguments(parser: argparse.ArgumentParser, cls, *, rename: dict[str, str] | None = None,
                             instance=None, skip: frozenset[str] = frozenset(), _seen: set | None = None) -> None:
-    """One option per leaf field: bools become --flag/--no-flag, list[X] repeatable, X | None optional.
+    """One option per leaf field: bools become --flag/--no-flag, list[X] and tuple[X, ...] repeatable, X | None optional.
 
     ``instance`` supplies the defaults shown in the help (a composed config's own defaults for its parts). A
     leaf name that two parts share (a report's ``site``) is one option that sets both.
@@ -95,7 +95,7 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls, *, rename: dic
         args = typing.get_args(hint)
         if hint is bool:
             parser.add_argument(option, action=argparse.BooleanOptionalAction, **kwargs)
-        elif typing.get_origin(hint) is list:
+        elif typing.get_origin(hint) in (list, tuple):  # tuple[X, ...] too: the config turns the list into its tuple
             parser.add_argument(option, action="append", type=args[0], metavar=option.lstrip("-").replace("-", "_").upper(), **kwargs)
         else:
             base = next((a for a in args if a is not type(None)), hint)

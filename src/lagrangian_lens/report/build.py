@@ -22,7 +22,8 @@ from ..experiments.runner import run_stages
 from ..provenance import read_json
 from .html import provenance_section, write_report
 
-SEPARATOR, STEER = "separator", "steer"
+SEPARATOR, STEER, GROK = "separator", "steer", "grok"
+WHOLE_RUN = (SEPARATOR, GROK)  # experiments whose results.json is their own, not a list of per-model runs
 
 
 @dataclass
@@ -40,6 +41,8 @@ class ReportConfig:
     """Add the shared-potential separator section from this finished `separator` run folder."""
     steer: str | None = None
     """Add the Jacobian-steering (Table 3) section from this finished `steer` run folder."""
+    grok: str | None = None
+    """Add the grokking (specific heat before generalisation) section from this finished `grok` run folder."""
 
     # The geometry sections run along tokens at the energy site, on the energy's trajectories.
     FIXED = frozenset({"axis"})
@@ -53,9 +56,10 @@ class ReportConfig:
                 check_finished_folder(getattr(self, name), name)
 
 
-# Experiments whose finished run folder the report can include as a section (--separator DIR, --steer DIR): they
-# run on their own data (trained models, long teacher-forced texts), not on the report's trajectories.
-FINISHED_RUNS = (SEPARATOR, STEER)
+# Experiments whose finished run folder the report can include as a section (--separator DIR, --steer DIR,
+# --grok DIR): they run on their own data (trained models, long teacher-forced texts), not on the report's
+# trajectories.
+FINISHED_RUNS = (SEPARATOR, STEER, GROK)
 
 
 def check_finished_folder(folder: str, experiment: str) -> None:
@@ -75,10 +79,11 @@ def check_finished_folder(folder: str, experiment: str) -> None:
 
 
 def finished_section(registry: dict, experiment: str, folder: str):
-    """The report section of a finished run folder: the separator's own results, or a per-model experiment's runs."""
+    """The report section of a finished run folder: a whole-run experiment's own results, or a per-model
+    experiment's runs."""
     path = Path(folder).expanduser()
     results = read_json(path / "results.json")
-    return registry[experiment].section(path, results if experiment == SEPARATOR else results["runs"])
+    return registry[experiment].section(path, results if experiment in WHOLE_RUN else results["runs"])
 
 
 # The quantisation type in a GGUF file name: 'model.Q4_1.gguf', 'model-q8_0.gguf', 'model.IQ4_XS.gguf', 'model.F16.gguf'.
