@@ -25,6 +25,8 @@ PUBLIC = {
     "jacobian_steer": "lagrangian_lens.steering.jacobian",
     "SteeringResult": "lagrangian_lens.steering.jacobian",
     "steer_generate": "lagrangian_lens.steering.generate",
+    "attention_thermo": "lagrangian_lens.mechanics.thermo",
+    "analyse_thermo": "lagrangian_lens.analysis.thermo",
     "analyse_energy": "lagrangian_lens.analysis.energy",
     "analyse_stp": "lagrangian_lens.analysis.stp",
     "analyse_sphere": "lagrangian_lens.analysis.sphere",

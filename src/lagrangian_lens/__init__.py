@@ -37,11 +37,13 @@ _EXPORTS = {
     "jacobian_steer": "lagrangian_lens.steering.jacobian",
     "SteeringResult": "lagrangian_lens.steering.jacobian",
     "steer_generate": "lagrangian_lens.steering.generate",
+    "attention_thermo": "lagrangian_lens.mechanics.thermo",
+    "analyse_thermo": "lagrangian_lens.analysis.thermo",
 }
 
 __all__ = ["DepthData", "LoadedModel", "ModelSpec", "SharedPotentialFit", "Site", "SteeringResult", "Trajectory",
-           "__version__", "analyse_energy", "analyse_sphere", "analyse_stp", "extract", "generate", "jacobian_steer",
-           "load_model", "probe_causality", "readout", "steer_generate"]
+           "__version__", "analyse_energy", "analyse_sphere", "analyse_stp", "analyse_thermo", "attention_thermo",
+           "extract", "generate", "jacobian_steer", "load_model", "probe_causality", "readout", "steer_generate"]
 
 
 def _version() -> str:
@@ -73,8 +75,10 @@ if TYPE_CHECKING:  # static tools see the real names
     from .analysis.energy import analyse_energy
     from .analysis.sphere import analyse_sphere
     from .analysis.stp import analyse_stp
+    from .analysis.thermo import analyse_thermo
     from .mechanics.depth_data import DepthData
     from .mechanics.potential_fit import SharedPotentialFit
+    from .mechanics.thermo import attention_thermo
     from .models.own.causality import probe_causality
     from .models.pretrained.loading import LoadedModel, load_model
     from .models.spec import ModelSpec
