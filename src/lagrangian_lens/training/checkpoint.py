@@ -162,3 +162,32 @@ def load_run_tokenizer(path: Path, meta: dict):
         return load_tokenizer(folder)
     except DataError as exc:
         raise CheckpointError(f"the checkpoint's tokenizer is missing or damaged: {exc}") from exc
+
+
+def resume_meta(out: Path, *, resume: bool, force: bool, arch: str, config: dict, resumable: frozenset[str]) -> dict | None:
+    """The checkpoint meta of ``out`` to resume from, checked against the requested run; None for a fresh start.
+
+    Resuming needs a checkpoint of the same ``arch`` whose recorded train config equals ``config`` except in the
+    ``resumable`` settings (``force`` accepts other changes); a fresh start over an existing checkpoint needs
+    ``force``. Every refusal names the settings that fix it.
+    """
+    if not resume:
+        if (out / CHECKPOINT).exists() and not force:
+            raise CheckpointError(f"{out} already holds a checkpoint: resume it, or force a restart over it, or give "
+                                  "another out", options=("resume", "force", "out"))
+        return None
+    if not (out / CHECKPOINT / "meta.json").is_file():
+        raise CheckpointError(f"nothing to resume in {out}: it holds no checkpoint; train without resume to "
+                              "start a run there", options=("resume", "out"))
+    meta = read_meta(out)
+    if meta["arch"] != arch:
+        raise CheckpointError(f"the checkpoint in {out} is a {meta['arch']!r} model; arch {arch} cannot resume it: "
+                              "give another out", options=("arch", "out"))
+    old = meta["train_config"]
+    changed = {k: (old.get(k), v) for k, v in config.items() if k not in resumable and old.get(k) != v}
+    if changed and not force:
+        raise CheckpointError(
+            "resuming with a changed config: " + ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items())
+            + ". Resume with the original settings, or with force to accept the change.",
+            options=(*changed, "force"))
+    return meta

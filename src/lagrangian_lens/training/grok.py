@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from ..checks import check_device, check_range
 from ..data.modular import ModularData, check_fraction, check_modulus, modular_addition
-from ..errors import CheckpointError, TrainingError
+from ..errors import TrainingError
 from ..models.own.gpt import n_params
 from ..models.own.grok import GrokConfig, GrokTransformer, weight_norm
 from ..provenance import RUN_FILE, claim_run_folder, environment, package_versions, strict, write_json
@@ -40,6 +40,7 @@ from .checkpoint import (
     load_weights,
     non_finite,
     read_meta,
+    resume_meta,
     save_checkpoint,
 )
 from .config import resolve_device
@@ -147,20 +148,6 @@ def measure(model: nn.Module, data: ModularData, device: torch.device, probe: Pr
     return row
 
 
-def _check_resume(cfg: GrokTrainConfig, meta: dict, force: bool) -> None:
-    if meta["arch"] != ARCH:
-        raise CheckpointError(f"the checkpoint in {cfg.out} is a {meta['arch']!r} model, not a grokking run; give "
-                              "another out", options=("out",))
-    old = meta["train_config"]
-    changed = {k: (old.get(k), v) for k, v in dataclasses.asdict(cfg).items()
-               if k not in RESUMABLE_CHANGES and old.get(k) != v}
-    if changed and not force:
-        raise CheckpointError(
-            "resuming with a changed config: " + ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items())
-            + ". Resume with the original settings, or with force to accept the change.",
-            options=(*changed, "force"))
-
-
 def _stop(cfg: GrokTrainConfig, epoch: int, grok_epoch: int | None) -> bool:
     """Whether the run is over at ``epoch``: its budget spent, or ``stop_after_grok`` epochs past grokking."""
     late = grok_epoch is not None and cfg.stop_after_grok >= 0 and epoch >= grok_epoch + cfg.stop_after_grok
@@ -177,16 +164,8 @@ def train_grok(cfg: GrokTrainConfig, probe: Probe | None = None, *, resume: bool
     """
     out = claim_run_folder(cfg.out, EXPERIMENT)
     clean_stale(out)
-    meta = None
-    if resume:
-        if not (out / CHECKPOINT / "meta.json").is_file():
-            raise CheckpointError(f"nothing to resume in {out}: it holds no checkpoint; train without resume to "
-                                  "start a run there", options=("resume", "out"))
-        meta = read_meta(out)
-        _check_resume(cfg, meta, force)
-    elif (out / CHECKPOINT).exists() and not force:
-        raise CheckpointError(f"{out} already holds a checkpoint: resume it, or force a restart over it, or give "
-                              "another out", options=("resume", "force", "out"))
+    meta = resume_meta(out, resume=resume, force=force, arch=ARCH, config=dataclasses.asdict(cfg),
+                       resumable=RESUMABLE_CHANGES)
     device = resolve_device(cfg.device)
     data = cfg.data()
     torch.manual_seed(cfg.seed)

@@ -42,6 +42,7 @@ from .checkpoint import (
     load_weights,
     non_finite,
     read_meta,
+    resume_meta,
     save_checkpoint,
 )
 from .config import TrainConfig, build_model
@@ -98,20 +99,6 @@ def _autocast(cfg: TrainConfig, device: torch.device):
     if device.type == "cuda" and cfg.bf16:
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
-
-
-def _check_resume(cfg: TrainConfig, meta: dict, force: bool) -> None:
-    if meta["arch"] != cfg.arch:
-        raise CheckpointError(f"the checkpoint is a {meta['arch']!r} model; arch {cfg.arch} cannot resume it",
-                              options=("arch",))
-    old = meta["train_config"]
-    changed = {k: (old.get(k), v) for k, v in dataclasses.asdict(cfg).items()
-               if k not in RESUMABLE_CHANGES and old.get(k) != v}
-    if changed and not force:
-        raise CheckpointError(
-            "resuming with a changed config: " + ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items())
-            + ". Resume with the original settings, or with force to accept the change.",
-            options=(*changed, "force"))
 
 
 def claim(out: Path) -> Path:
@@ -176,16 +163,8 @@ def _train(cfg: TrainConfig, info: DistInfo, *, resume: bool, force: bool, progr
     out = Path(cfg.out)
     if info.is_main:
         clean_stale(out)
-    meta = None
-    if resume:
-        if not (out / CHECKPOINT / "meta.json").is_file():
-            raise CheckpointError(f"nothing to resume in {out}: it holds no checkpoint; train without resume to "
-                                  "start a run there", options=("resume", "out"))
-        meta = read_meta(out)
-        _check_resume(cfg, meta, force)
-    elif (out / CHECKPOINT).exists() and not force:
-        raise CheckpointError(f"{out} already holds a checkpoint: resume it, or force a restart over it, or give "
-                              "another out", options=("resume", "force", "out"))
+    meta = resume_meta(out, resume=resume, force=force, arch=cfg.arch, config=dataclasses.asdict(cfg),
+                       resumable=RESUMABLE_CHANGES)
     tokenizer, train_split, val_split = prepare_data(cfg, out, load_run_tokenizer(out, meta) if resume else None)
     torch.manual_seed(cfg.seed)
     arch_config = (cfg.splm_config if cfg.arch == "splm" else cfg.gpt_config)(len(tokenizer))
