@@ -49,6 +49,8 @@ def test_table_3_follows_from_the_scores_on_disk(steered):
         np.testing.assert_allclose(m[f"{judge}.natural"]["value"], per_text["natural"].mean(), rtol=1e-9)
         np.testing.assert_allclose(m[f"{judge}.jacobian"]["value"], per_text["jacobian"].mean(), rtol=1e-9)
     assert entry["metrics"]["texts"] == 3 and entry["conventions"]["texts_used"] == [0, 1, 2]
+    # The lists' length is the stage's top_k, not the trajectory sampler's top_k of the same name.
+    assert entry["conventions"]["top_k"] == 10
     table3 = json.loads((run / "table3.json").read_text())
     assert {j["name"] for j in table3["judges"]} == set(entry["conventions"]["judges"])
     assert all(j["scale"] for j in table3["judges"])

@@ -341,7 +341,9 @@ def _run_plan(plan, cfg, traj, stages, folders, base, prompts, sites, entries, p
         save_replicates(run_dir, result.get("replicates") or {}, keys[s.name])  # before result.json: part of finished
         entry = {"run": plan.name, "model": plan.label.removeprefix("random:"), "spec": plan.label,
                  "weights": plan.weights, "metrics": result["metrics"],
-                 "conventions": {**result.get("conventions", {}), **common}, "model_identity": identity,
+                 # The stage's own conventions win over the run-wide ones of the same name: a stage's top_k (the
+                 # steering lists' length) is not the sampler's top_k of the trajectory settings.
+                 "conventions": {**common, **result.get("conventions", {})}, "model_identity": identity,
                  "model_description": description, "versions": package_versions(), "seed": cfg.seed,
                  "result_key": keys[s.name]}
         write_json(run_dir / "result.json", entry)  # written last: marks the run finished

@@ -196,8 +196,9 @@ def steer_stage(cfg: SteerConfig) -> Stage:
     settings = {"protocol": dataclasses.asdict(protocol), "context_tokens": cfg.context_tokens, "texts": cfg.texts,
                 "judges": {spec: judge_identity(spec) for spec in judging.judges},
                 "bootstrap": dataclasses.asdict(boot)}
-    # 2: the baselines are compared on the pairs Algorithm 1 moved; jacobian.unmoved
-    return Stage("steer", protocol.site, settings, analyse, save, needs_model=True, version=2, shows_progress=True)
+    # 2: the baselines are compared on the pairs Algorithm 1 moved; jacobian.unmoved. 3: the recorded top_k is the
+    # lists' length (version 2 results recorded the trajectory sampler's top_k, 0, in its place)
+    return Stage("steer", protocol.site, settings, analyse, save, needs_model=True, version=3, shows_progress=True)
 
 
 def select_texts(trajectories, need: int, n_texts: int) -> tuple[list[int], list[int]]:
