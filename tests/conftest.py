@@ -30,10 +30,19 @@ TINY_CONFIGS = {
     "gpt_neox": dict(model_type="gpt_neox", hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                      num_attention_heads=4, max_position_embeddings=256),
 }
+# Families whose attention is computed inline, never through transformers' AttentionInterface: captured from their
+# probabilities (output_attentions), so they stay out of TINY_CONFIGS, whose families the score-capture tests run.
+INLINE_ATTENTION_CONFIGS = {
+    "gptj": dict(model_type="gptj", n_embd=32, n_layer=2, n_head=4, rotary_dim=4, n_positions=256),
+    "bloom": dict(model_type="bloom", hidden_size=32, n_layer=2, n_head=4),
+    "falcon": dict(model_type="falcon", hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_kv_heads=2,
+                   new_decoder_architecture=True),  # rotary; alibi=True, new_decoder_architecture=False for ALiBi
+}
 
 
 def tiny_config(family: str = "llama", **overrides):
-    return AutoConfig.for_model(**{**TINY_CONFIGS[family], "vocab_size": VOCAB, **overrides})
+    return AutoConfig.for_model(**{**(TINY_CONFIGS | INLINE_ATTENTION_CONFIGS)[family], "vocab_size": VOCAB,
+                                   **overrides})
 
 
 def tiny_model(family: str = "llama", seed: int = 0, **overrides):

@@ -1,4 +1,8 @@
-"""Attention capture on tiny models of every family: scores against the model's own attention, masks, restoring."""
+"""Attention capture on tiny models of every family: scores against the model's own attention, masks, restoring;
+the log-probability path of the families that compute attention inline (gptj, bloom, falcon); and the
+AttentionScores container it fills."""
+from types import SimpleNamespace
+
 import pytest
 import torch
 from torch import nn
@@ -9,6 +13,7 @@ from lagrangian_lens.errors import TrajectoryError, UnsupportedArchitectureError
 from lagrangian_lens.trajectories import count_hooks
 from lagrangian_lens.trajectories.attention import (
     CAPTURE,
+    AttentionScores,
     capture_attention,
     capture_attention_forward,
     record_attention,
@@ -170,12 +175,144 @@ def test_implementation_is_restored_after_an_exception():
     assert cap.scores.shape == (2, 2, 5, 5)
 
 
-def test_a_model_whose_attention_skips_the_interface_is_refused():
-    config = AutoConfig.for_model("gptj", n_embd=32, n_layer=2, n_head=4, rotary_dim=4, n_positions=64,
-                                  vocab_size=VOCAB)
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(config).eval()
+# The inline families, with falcon both with rotary positions (the tiny default) and with ALiBi.
+INLINE = {"gptj": {}, "bloom": {}, "falcon": {},
+          "falcon-alibi": {"alibi": True, "new_decoder_architecture": False, "multi_query": False, "num_kv_heads": 4}}
+
+
+def inline_model(name: str):
+    return tiny_model(name.split("-")[0], **INLINE[name])
+
+
+def counting_forwards(model, monkeypatch) -> list[bool]:
+    """Patch ``model.forward`` to log each call's output_attentions flag; returns the log."""
+    calls, forward = [], model.forward
+    monkeypatch.setattr(model, "forward", lambda **kw: calls.append(bool(kw.get("output_attentions"))) or forward(**kw))
+    return calls
+
+
+@pytest.mark.parametrize("name", sorted(INLINE))
+def test_inline_families_give_causal_log_probabilities_equal_to_their_own_attention(name, tokenizer, monkeypatch):
+    model = inline_model(name)
     before = model.config._attn_implementation
-    with pytest.raises(UnsupportedArchitectureError, match="AttentionInterface"):
-        capture_attention(model, torch.arange(6))
+    forwards = counting_forwards(model, monkeypatch)
+    input_ids, mask, positions, ids = padded_batch(tokenizer)
+    captured = capture_attention(model, input_ids, mask)
+    assert forwards == [False, True]  # the interface path found no layer calling it, then output_attentions
+    for cap, tokens in zip(captured, ids):
+        T = len(tokens)
+        assert cap.gauge == "log-probabilities" and not cap.scores_known and cap.token_ids.tolist() == tokens
+        assert cap.scores.shape == (2, model.config.num_attention_heads, T, T)
+        causal = torch.ones(T, T, dtype=torch.bool).tril()
+        assert torch.equal(cap.visible, causal.expand_as(cap.visible))
+        p = cap.scores.exp()  # (L, H, T, T)
+        assert torch.equal(p[..., ~causal], torch.zeros_like(p[..., ~causal]))  # no weight on a future key
+        assert_close(p.sum(-1), torch.ones(p.shape[:-1]), atol=1e-6, rtol=0)  # rows are softmaxes over the past
+        # A known answer: each row alone, through the model's own eager attention.
+        model.config._attn_implementation_internal = "eager"
+        with torch.no_grad():
+            own = torch.stack(model(input_ids=torch.tensor([tokens]), position_ids=torch.arange(T)[None],
+                                    output_attentions=True).attentions)[:, 0]  # (L, H, T, T)
+        model.config._attn_implementation_internal = before
+        assert_close(p, own, atol=1e-6, rtol=0)
+        assert_close(cap.probabilities(), own, atol=1e-6, rtol=0)
     assert model.config._attn_implementation == before and count_hooks(model) == 0
+    forwards.clear()
+    capture_attention(model, input_ids, mask, layers=[-1])
+    assert forwards == [True]  # the model's path is remembered: one forward per later capture
+
+
+def test_log_probabilities_are_the_scores_less_their_row_log_partition(tokenizer, monkeypatch):
+    """Forced onto a model whose layers call the interface, the probability path gives ln p = s − ln Z."""
+    model = tiny_model("llama", initializer_range=0.5)  # peaked attention, so the rows differ
+    input_ids, mask, _, ids = padded_batch(tokenizer)
+    scores = capture_attention(model, input_ids, mask)
+    forwards = counting_forwards(model, monkeypatch)
+    logp = capture_attention(model, input_ids, mask, gauge="log-probabilities")
+    assert forwards == [True] and model.config._attn_implementation == "sdpa"
+    for a, b in zip(scores, logp):
+        assert (a.gauge, b.gauge) == ("scores", "log-probabilities") and torch.equal(a.visible, b.visible)
+        log_z = torch.logsumexp(a.scores.masked_fill(~a.mask, -torch.inf), -1, keepdim=True)  # (L, H, T, 1)
+        assert_close(b.scores[a.mask], (a.scores - log_z)[a.mask], atol=1e-5, rtol=1e-5)
+    assert capture_attention(model, input_ids, mask)[0].gauge == "scores"  # forcing is not remembered
+
+
+def test_forcing_scores_on_an_inline_model_is_refused():
+    model = tiny_model("gptj")
+    before = model.config._attn_implementation
+    with pytest.raises(UnsupportedArchitectureError, match="without calling transformers' AttentionInterface"):
+        capture_attention(model, torch.arange(6), gauge="scores")
+    assert model.config._attn_implementation == before and count_hooks(model) == 0
+    with pytest.raises(TrajectoryError, match="gauge 'logits' is not one of"):
+        capture_attention(model, torch.arange(6), gauge="logits")
+
+
+def test_implementation_is_restored_when_the_probability_forward_raises(monkeypatch):
+    model = tiny_model("falcon")  # loaded with sdpa, which the probability path must turn to eager
+    seen = []
+
+    def boom(*args, **kwargs):
+        seen.append(model.config._attn_implementation)
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(model.transformer.h[1], "forward", boom)
+    with pytest.raises(RuntimeError, match="boom"):
+        capture_attention(model, torch.arange(6), gauge="log-probabilities")
+    assert seen == ["eager"] and model.config._attn_implementation == "sdpa" and count_hooks(model) == 0
+    monkeypatch.undo()
+    (cap,) = capture_attention(model, torch.arange(6))  # the model is usable, and capturable, again
+    assert cap.gauge == "log-probabilities" and model.config._attn_implementation == "sdpa"
+
+
+def test_a_model_neither_path_reads_is_refused(monkeypatch):
+    # Learned sink logits: the interface path refuses them, and their probabilities do not sum to 1.
+    config = AutoConfig.for_model("gpt_oss", hidden_size=32, intermediate_size=32, num_hidden_layers=2,
+                                  num_attention_heads=4, num_key_value_heads=2, head_dim=8, num_local_experts=2,
+                                  num_experts_per_tok=1, sliding_window=8, vocab_size=VOCAB)
+    torch.manual_seed(0)
+    sinks = AutoModelForCausalLM.from_config(config).eval()
+    with pytest.raises(UnsupportedArchitectureError, match="s_aux"):
+        capture_attention(sinks, torch.arange(6))
+    with pytest.raises(UnsupportedArchitectureError, match="sum to 1 ± 0.[0-9]+ over the visible keys"):
+        capture_attention(sinks, torch.arange(6), gauge="log-probabilities")
+    # No attention weights at all.
+    model = tiny_model("gptj")
+    monkeypatch.setattr(model, "forward", lambda **kw: SimpleNamespace(attentions=None))
+    with pytest.raises(UnsupportedArchitectureError, match="neither capture reads its attention"):
+        capture_attention(model, torch.arange(6))
+    for m in (sinks, model):
+        assert m.config._attn_implementation == "eager" and count_hooks(m) == 0
+
+
+def test_attention_scores_normalise_their_mask_and_fill_defaults():
+    L, H, T = 2, 3, 4
+    scores = torch.zeros(L, H, T, T)
+    causal = torch.ones(T, T, dtype=torch.bool).tril()
+    shared = AttentionScores(scores, causal)
+    for mask in (causal.expand(L, T, T).clone(), causal.expand(L, 1, T, T).clone()):
+        assert torch.equal(AttentionScores(scores, mask).visible, shared.visible)
+    assert shared.visible.shape == (L, T, T) and shared.mask.shape == (L, H, T, T)
+    assert (shared.n_layers, shared.n_heads, shared.n_tokens) == (L, H, T)
+    assert shared.layers == (0, 1) and shared.layer_names == ("block.0", "block.1")
+    assert shared.token_ids is None and torch.equal(shared.token_positions, torch.arange(T))
+    uniform = causal / causal.sum(-1, keepdim=True)  # equal scores: query i spreads 1 / (i + 1) over keys 0..i
+    assert_close(shared.probabilities(), uniform.expand(L, H, T, T))
+    placed = AttentionScores(scores, causal, torch.arange(T), positions=torch.tensor([5, 6, 7, 8]), layers=[4, 1])
+    assert placed.layers == (4, 1) and placed.layer_names == ("block.4", "block.1")
+    assert torch.equal(placed.token_positions, torch.tensor([5, 6, 7, 8]))
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"visible": torch.ones(4, 4)}, "must be bool"),
+    ({"visible": torch.ones(2, 3, 4, 4, dtype=torch.bool)}, r"one mask per layer, shared by the heads"),
+    ({"visible": torch.zeros(4, 4, dtype=torch.bool)}, "a query sees no key"),
+    ({"token_ids": torch.zeros(4)}, r"token_ids must be ints of shape \(4,\)"),
+    ({"positions": torch.tensor([0, 1, -1, 2])}, "positions must be >= 0"),
+    ({"layers": (0,)}, "1 block indices for 2 rows"),
+    ({"gauge": "logits"}, "gauge 'logits' is not one of"),
+    ({"scores": torch.ones(2, 3, 4, 4), "gauge": "log-probabilities"}, r"reach 1 at a visible key, but log-prob"),
+])
+def test_attention_scores_reject_bad_fields(kwargs, match):
+    fields = {"scores": torch.zeros(2, 3, 4, 4), "visible": torch.ones(4, 4, dtype=torch.bool).tril(), **kwargs}
+    with pytest.raises(TrajectoryError, match=match):
+        AttentionScores(**fields)

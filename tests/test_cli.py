@@ -84,7 +84,7 @@ def test_report_is_one_self_contained_html_file(tmp_path, tiny_dir, capsys):
     out = tmp_path / "r"
     assert main(["report", "--model", f"random:{tiny_dir}", *FAST, "--out", str(out)]) == 0
     page = (out / "report.html").read_text()
-    assert page.count("data:image/png;base64,") == 9  # energy 5, STP 2, sphere 2
+    assert page.count("data:image/png;base64,") == 12  # energy 5, STP 2, sphere 2, thermo 3
     assert 'src="http' not in page and "<link" not in page
     for text in ("Point-perplexity energy", "STP kinematics (token axis)", "Hypersphere geodesics (token axis)",
                  "identity_max_abs_error", "mean_el_residual", "Conventions", "Provenance", "global_cv", "init=hf, seed=0"):
@@ -138,3 +138,12 @@ def test_the_logit_displacement_is_exact_at_final_and_reported_at_a_block(tmp_pa
         assert main(["energy", "--model", f"random:{tiny_dir}", *FAST, "--site", site, "--out", str(out)]) == 0
         value = json.loads((out / "results.json").read_text())["runs"][0]["metrics"]["logit_displacement_rel_error"]
         assert (value["value"] < 1e-4) == exact, (site, value)
+
+
+def test_experiment_prints_its_default_results_folder(tmp_path, tiny_dir, capsys, monkeypatch):
+    # Without --out the command writes to its config's default folder, and must print that path, not 'None'.
+    monkeypatch.chdir(tmp_path)
+    assert main(["energy", "--model", f"random:{tiny_dir}", *FAST]) == 0
+    printed = capsys.readouterr().out.strip().splitlines()[-1]
+    assert printed == "results: runs/energy/results.json"
+    assert (tmp_path / "runs" / "energy" / "results.json").is_file()

@@ -13,8 +13,18 @@ from safetensors.torch import load_file
 
 from lagrangian_lens.data.modular import modular_addition
 from lagrangian_lens.errors import CheckpointError, ConfigError, TrajectoryError
+from lagrangian_lens.experiments.config_tree import build_config
 from lagrangian_lens.experiments.grok import EXPERIMENT as GROK_EXPERIMENT
-from lagrangian_lens.experiments.grok import GROK, NO_DECAY, SHUFFLED, GrokExperimentConfig, cpu_threads, thermo_probe
+from lagrangian_lens.experiments.grok import (
+    GROK,
+    NO_DECAY,
+    PROBE_FILE,
+    SHUFFLED,
+    THERMO_VERSION,
+    GrokExperimentConfig,
+    cpu_threads,
+    thermo_probe,
+)
 from lagrangian_lens.experiments.grok_report import report_section
 from lagrangian_lens.mechanics.grokking import detect_grokking, moving_average, peak_epoch
 from lagrangian_lens.models.own.grok import GrokConfig, GrokTransformer, recorded_patterns
@@ -86,13 +96,44 @@ def test_a_composite_modulus_warns_but_works():
     assert d.labels.max() == 11
 
 
-@pytest.mark.parametrize("kwargs, field", [(dict(moduli=[]), "moduli"), (dict(seeds=[0, 0]), "seeds"),
-                                           (dict(smooth_window=4), "smooth_window"), (dict(probe_size=0), "probe_size"),
-                                           (dict(moduli=[19, 1]), "moduli"), (dict(d_model=30), "n_head")])
-def test_experiment_settings_are_checked(kwargs, field):
+@pytest.mark.parametrize("values, field", [(dict(moduli=[]), "moduli"), (dict(seeds=[0, 0]), "seeds"),
+                                          (dict(moduli=[5, 5]), "moduli"), (dict(smooth_window=4), "smooth_window"),
+                                          (dict(probe_size=0), "probe_size"), (dict(moduli=[19, 1]), "moduli"),
+                                          (dict(d_model=30), "n_head"), (dict(threads=-1), "threads"),
+                                          (dict(moduli=[19, 3], fraction=0.05), "fraction"),  # 0 of p = 3's 9 pairs
+                                          (dict(device="gpu"), "device")])
+def test_experiment_settings_are_checked(values, field):
     with pytest.raises(ConfigError) as info:
-        GrokExperimentConfig(**kwargs)
+        build_config(GrokExperimentConfig, values)  # flat leaf values, as the command line and presets give them
     assert info.value.field == field
+
+
+def test_the_experiment_composes_the_training_config_with_its_own_defaults():
+    cfg = GrokExperimentConfig()
+    want = dataclasses.replace(GrokTrainConfig(), fraction=0.5, epochs=4000, log_every=50, stop_after_grok=1000,
+                               out="runs/grok")
+    assert cfg.train == want  # every other training setting is training.grok's
+    assert build_config(GrokExperimentConfig, {"fraction": 0.3}).train.fraction == GrokTrainConfig().fraction == 0.3
+    assert GrokExperimentConfig(out="elsewhere").train.out == "elsewhere"  # one leaf, one value
+
+
+def test_each_run_is_the_shared_training_config_with_its_own_p_seed_and_folder():
+    cfg = build_config(GrokExperimentConfig, dict(moduli=[5, 7], seeds=[0, 1], lr=0.01, log_every=20, out="x"))
+    runs = cfg.runs()
+    assert [(name, kind) for name, kind, _ in runs] == [
+        ("p5-seed0", GROK), ("p5-seed1", GROK), ("p7-seed0", GROK), ("p7-seed1", GROK),
+        ("p5-seed0-no-weight-decay", NO_DECAY), ("p5-seed0-shuffled-labels", SHUFFLED),
+        ("p7-seed0-no-weight-decay", NO_DECAY), ("p7-seed0-shuffled-labels", SHUFFLED)]
+    per_run = dict(checkpoint_every=200)  # a checkpoint every tenth logged row
+    want = {"p7-seed1": dataclasses.replace(cfg.train, p=7, seed=1, out="x/runs/p7-seed1", **per_run),
+            "p5-seed0-no-weight-decay": dataclasses.replace(cfg.train, p=5, seed=0, weight_decay=0.0,
+                                                            out="x/runs/p5-seed0-no-weight-decay", **per_run),
+            "p7-seed0-shuffled-labels": dataclasses.replace(cfg.train, p=7, seed=0, shuffle_labels=True,
+                                                            out="x/runs/p7-seed0-shuffled-labels", **per_run)}
+    got = {name: tc for name, _, tc in runs}
+    for name, tc in want.items():
+        assert got[name] == tc
+    assert {tc.lr for tc in got.values()} == {0.01} and {tc.weight_decay for tc in got.values()} == {1.0, 0.0}
 
 
 # --- model --------------------------------------------------------------------------------------------------------
@@ -273,8 +314,9 @@ def test_moving_average_known_values_and_checks():
 # --- the experiment -----------------------------------------------------------------------------------------------
 
 def test_the_experiment_runs_resumes_and_reports(tmp_path):
-    cfg = GrokExperimentConfig(moduli=[5, 7], seeds=[0, 1], fraction=0.5, epochs=20, log_every=5, d_model=16,
-                               n_head=2, d_mlp=32, probe_size=16, smooth_window=3, out=str(tmp_path / "grok"))
+    cfg = build_config(GrokExperimentConfig, dict(moduli=[5, 7], seeds=[0, 1], fraction=0.5, epochs=20, log_every=5,
+                                                  d_model=16, n_head=2, d_mlp=32, probe_size=16, smooth_window=3,
+                                                  out=str(tmp_path / "grok")))
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # primes: no warning
         results = GROK_EXPERIMENT.execute(cfg, progress=False)
@@ -295,20 +337,60 @@ def test_the_experiment_runs_resumes_and_reports(tmp_path):
     section = report_section(tmp_path / "grok", again)
     assert section.tables[0].rows[1][0] == "p5-seed0" and len(section.figures) == 2
     assert f"grokked: {again['counts']['grokked']}/4;" in GROK_EXPERIMENT.summarise(again)
+    recorded = json.loads((tmp_path / "grok" / "run.json").read_text())["config"]  # the config round-trips
+    assert GrokExperimentConfig(**{**recorded, "train": GrokTrainConfig(**recorded["train"])}) == cfg
+    assert "fraction" not in recorded and recorded["train"]["fraction"] == 0.5
+
+
+def _tiny_experiment(out) -> GrokExperimentConfig:
+    return build_config(GrokExperimentConfig, dict(moduli=[5], seeds=[0], controls=False, epochs=10, log_every=5,
+                                                   d_model=16, n_head=2, d_mlp=32, probe_size=8, out=str(out)))
+
+
+@pytest.mark.parametrize("logged_version", [None, 0])  # None: a probe.json from before the version was recorded
+def test_a_run_logged_under_another_thermo_version_is_retrained(tmp_path, capsys, logged_version):
+    cfg = _tiny_experiment(tmp_path / "grok")
+    run = tmp_path / "grok" / "runs" / "p5-seed0"
+    GROK_EXPERIMENT.execute(cfg, progress=False)
+    probe = json.loads((run / PROBE_FILE).read_text())
+    assert probe["thermo_version"] == THERMO_VERSION
+    stamp = (run / "checkpoint" / "model.safetensors").stat().st_mtime_ns
+    GROK_EXPERIMENT.execute(cfg, progress=False)
+    assert "note:" not in capsys.readouterr().err  # the same version: reused
+    assert (run / "checkpoint" / "model.safetensors").stat().st_mtime_ns == stamp
+    if logged_version is None:
+        del probe["thermo_version"]
+    else:
+        probe["thermo_version"] = logged_version
+    (run / PROBE_FILE).write_text(json.dumps(probe))
+    GROK_EXPERIMENT.execute(cfg, progress=False)
+    assert capsys.readouterr().err.strip() == ("note: the run p5-seed0 was made with other settings (probe "
+                                               "thermo_version); retraining it")
+    assert (run / "checkpoint" / "model.safetensors").stat().st_mtime_ns != stamp
+    assert json.loads((run / PROBE_FILE).read_text())["thermo_version"] == THERMO_VERSION
+    assert [r["epoch"] for r in read_metrics(run)] == [0, 5, 10]  # a fresh log, not old rows and new
 
 
 def test_every_setting_is_a_documented_command_line_option():
-    import argparse
-
-    from lagrangian_lens.cli.args import add_dataclass_arguments, dataclass_from_args, field_docs
+    from lagrangian_lens.cli import build_parser
+    from lagrangian_lens.cli.args import dataclass_from_args, field_docs
 
     docs = field_docs(GrokExperimentConfig)
     assert all(docs.get(f.name) for f in dataclasses.fields(GrokExperimentConfig))
     train_docs = field_docs(GrokTrainConfig)
     assert [f.name for f in dataclasses.fields(GrokTrainConfig) if not train_docs.get(f.name)] == []
-    parser = argparse.ArgumentParser()
-    add_dataclass_arguments(parser, GrokExperimentConfig)
-    cfg = dataclass_from_args(GrokExperimentConfig, parser.parse_args(
-        ["--moduli", "5", "--moduli", "7", "--no-controls", "--weight-decay", "0.5", "--out", "x"]))
-    assert (cfg.moduli, cfg.controls, cfg.weight_decay, cfg.out) == ([5, 7], False, 0.5, "x")
-    assert [name for name, _, _ in cfg.runs()] == ["p5-seed0", "p5-seed1", "p7-seed0", "p7-seed1"]
+    sub = next(a for a in build_parser()._actions if a.dest == "command").choices["grok"]
+    options = {a.option_strings[0]: a for a in sub._actions if a.option_strings and a.dest not in ("help", "quiet")}
+    # The options the experiment had before it composed the training config: the same names, nothing added; the
+    # per-run leaves (p, seed, shuffle_labels, checkpoint_every, the part's out) and the betas are not options.
+    assert sorted(options) == sorted(
+        ["--moduli", "--seeds", "--fraction", "--epochs", "--stop-after-grok", "--log-every", "--lr", "--weight-decay",
+         "--n-layer", "--d-model", "--n-head", "--d-mlp", "--probe-size", "--smooth-window", "--controls", "--device",
+         "--threads", "--out"])
+    assert options["--out"].help == f"{docs['out']} (default: runs/grok)"  # the experiment's folder, not a run's
+    assert options["--fraction"].help.endswith("(default: 0.5)")
+    args = sub.parse_args(["--moduli", "5", "--moduli", "7", "--no-controls", "--weight-decay", "0.5", "--out", "x"])
+    cfg = dataclass_from_args(GrokExperimentConfig, args)
+    assert (cfg.moduli, cfg.controls, cfg.train.weight_decay, cfg.out, cfg.train.out) == ([5, 7], False, 0.5, "x", "x")
+    assert [(name, tc.out) for name, _, tc in cfg.runs()] == [(n, f"x/runs/{n}") for n in
+                                                               ["p5-seed0", "p5-seed1", "p7-seed0", "p7-seed1"]]

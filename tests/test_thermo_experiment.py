@@ -1,11 +1,13 @@
 """The thermo experiment end to end on tiny models: CLI, results' shapes, resume, numbers against a hand computation,
-random-twin replicates, figures and the report section."""
+random-twin replicates, figures and the report section; and the families whose attention is computed inline (gptj,
+bloom, falcon), analysed from their log-probabilities."""
 import json
 
 import numpy as np
 import pytest
 import torch
 from numpy.testing import assert_allclose
+from torch.testing import assert_close
 
 import lagrangian_lens as ll
 from lagrangian_lens.cli import main
@@ -19,7 +21,7 @@ from lagrangian_lens.mechanics.thermo import attention_thermo
 from lagrangian_lens.trajectories import count_hooks, load_trajectories
 from lagrangian_lens.trajectories.attention import capture_attention
 
-from .conftest import tiny_model
+from .conftest import TEXTS, tiny_model
 
 FAST = ["--n-prompts", "2", "--new-tokens", "5", "--n-bootstrap", "20", "--quiet", "--device", "cpu"]
 L, H = 3, 4  # the tiny llama's layers and heads
@@ -88,6 +90,25 @@ def test_numbers_equal_the_thermodynamics_of_scores_captured_by_hand(tmp_path, t
     assert m["n_ensembles"] == L * H * (len(tokens) - 1)
 
 
+def test_captures_stream_batch_by_batch_and_equal_each_sequence_alone(tokenizer, monkeypatch):
+    model = tiny_model("llama", seed=4)
+    trajectories = ll.extract(model, tokenizer, TEXTS)
+    batches = []  # the rows of every batch captured so far
+    capture = thermo.capture_attention
+    monkeypatch.setattr(thermo, "capture_attention",
+                        lambda m, ids, *a, **kw: batches.append(len(ids)) or capture(m, ids, *a, **kw))
+    captures = thermo.iter_captures(model, trajectories, batch_size=2)
+    assert batches == []  # nothing is captured before the analysis asks
+    first = next(captures)
+    assert batches == [2]  # the second batch waits until the first is consumed
+    streamed = [first, *captures]
+    assert batches == [2, 1] and count_hooks(model) == 0
+    for cap, t in zip(streamed, trajectories, strict=True):
+        (alone,) = capture(model, t.token_ids[:t.n_positions])
+        assert torch.equal(cap.token_ids, alone.token_ids) and cap.layer_names == ("block.0", "block.1", "block.2")
+        assert_close(cap.scores, alone.scores, atol=1e-5, rtol=1e-5)
+
+
 def test_random_twin_replicates_reproduce_the_intervals_and_separate(tmp_path, tokenizer):
     loaded = ll.load_model(tiny_model("llama", seed=5), tokenizer=tokenizer)
     out = tmp_path / "t"
@@ -136,3 +157,42 @@ def test_report_section_defines_every_printed_metric_and_tabulates_layers(tmp_pa
 def test_config_validates_its_conventions(bad):
     with pytest.raises(ConfigError):
         thermo.ThermoConfig(conventions=thermo.ThermoConventions(**bad))
+
+
+@pytest.mark.parametrize("family", ["gptj", "bloom", "falcon"])
+def test_inline_attention_families_are_analysed_from_their_log_probabilities(family, tmp_path, tokenizer):
+    model = tiny_model(family, initializer_range=0.5)  # peaked heads: their entropies differ
+    loaded = ll.load_model(model, tokenizer=tokenizer)
+    out = tmp_path / "t"
+    cfg = thermo.ThermoConfig(run=RunConfig(models=[loaded], n_prompts=2, device="cpu", out=str(out)),
+                              trajectories=TrajectoryConfig(new_tokens=6), bootstrap=BootstrapConfig(n_bootstrap=10))
+    thermo.run_thermo(cfg, progress=False)
+    (entry,) = json.loads((out / "results.json").read_text())["runs"]  # as written: NaN is null
+    m, n_layers, n_heads = entry["metrics"], 2, 4
+    # S and C per head: finite, and equal to those of the model's own attention weights, pooled by hand.
+    rows = []  # per trajectory: S and C of every (layer, head, query >= 1) row, (L, H, T - 1)
+    # Eager: falcon loads with sdpa, under which transformers adds a boolean mask to its inline scores as 0/1.
+    model.config._attn_implementation_internal = "eager"
+    for t in load_trajectories(out / entry["run"] / "trajectories"):
+        tokens = t.token_ids[:t.n_positions]
+        with torch.no_grad():
+            p = torch.stack(model(input_ids=tokens[None], output_attentions=True).attentions)[:, 0].double()
+        log_p = torch.where(p > 0, p.log(), 0.0)
+        energy = -log_p - (-(p * log_p).sum(-1, keepdim=True))  # E − U up to the row's constant: Var needs no more
+        rows.append((-(p * log_p).sum(-1)[..., 1:], (p * energy.square()).sum(-1)[..., 1:]))
+    for q, i in (("entropy", 0), ("specific_heat", 1)):
+        by_hand = torch.cat([r[i] for r in rows], -1).mean(-1).numpy()  # (L, H)
+        assert np.isfinite(by_hand).all() and by_hand.shape == (n_layers, n_heads)
+        assert_allclose(m[f"per_head_{q}"]["value"], by_hand, rtol=1e-5, atol=1e-7)
+    assert np.ptp(m["per_head_entropy"]["value"]) > 0.05
+    for q in ("energy", "free_energy"):  # not identified: null, with the reason, and no replicates
+        assert m[f"mean_{q}"] == {"value": None, "ci_low": None, "ci_high": None}
+        assert m[f"per_head_{q}"]["value"] == [[None] * n_heads] * n_layers
+    assert set(m["not_identified"]) == {"U", "F", "energy_by_key_distance"}
+    assert entry["conventions"]["capture"].startswith("log-probabilities via output_attentions; U and F not identified")
+    assert set(load_replicates(out / entry["run"])) == {f"mean_{q}" for q in QUANTITIES} - {"mean_energy",
+                                                                                            "mean_free_energy"}
+    arrays = np.load(out / entry["run"] / ARRAYS_FILE)
+    assert np.isnan(arrays["by_key_distance.energy"]).all() and np.isfinite(arrays["by_key_distance.mass"]).any()
+    assert len(list((out / "figures").glob("thermo_*.png"))) == 3
+    assert count_hooks(model) == 0

@@ -1,13 +1,11 @@
 """Attention thermodynamics with known answers: the canonical-ensemble identities, limits, the variational
-principle, masks, the Schottky two-level system, reductions, the bootstrap and the analysis of synthetic captures."""
+principle, masks, the Schottky two-level system, reductions and the bootstrap (the analysis: test_thermo_analysis)."""
 import math
 
-import numpy as np
 import pytest
 import torch
 from torch.testing import assert_close
 
-from lagrangian_lens.analysis.thermo import AttentionScores, ThermoConventions, analyse_thermo
 from lagrangian_lens.errors import ConfigError, TrajectoryError
 from lagrangian_lens.mechanics import thermo
 from lagrangian_lens.mechanics.stats import bootstrap_many, pad_rows, pooled_mean
@@ -315,92 +313,3 @@ def test_bootstrap_matches_the_toolkits_bootstrap_and_contains_the_value():
     assert bool(((low <= value) & (value <= high)).all()) and bool((low < high).all())
     alone = bootstrap_pooled_means(sums, counts, n_boot=0)
     assert_close(alone[1], alone[0])
-
-
-# --- the analysis -------------------------------------------------------------------------------------------------
-
-def uniform_captures(lengths=(4, 6, 9), L=2, H=3):
-    return [AttentionScores(torch.zeros(L, H, T, T), torch.ones(T, T, dtype=torch.bool).tril(),
-                            token_ids=torch.arange(T)) for T in lengths]
-
-
-def test_analysis_of_uniform_attention_has_known_answers():
-    lengths = (4, 6, 9)
-    a = analyse_thermo(uniform_captures(lengths), ThermoConventions(), n_boot=200, seed=1)
-    rows = [q for T in lengths for q in range(1, T)]  # query 0 skipped
-    s_mean = np.mean([math.log(q + 1) for q in rows])
-    assert a.per_head["entropy"]["value"].shape == (2, 3)
-    np.testing.assert_allclose(a.per_head["entropy"]["value"], s_mean, rtol=1e-12)
-    np.testing.assert_allclose(a.per_head["free_energy"]["value"], -s_mean, rtol=1e-12)
-    np.testing.assert_allclose(a.per_head["energy"]["value"], 0, atol=1e-15)
-    np.testing.assert_allclose(a.per_head["specific_heat"]["value"], 0, atol=1e-15)
-    np.testing.assert_allclose(a.per_head["normalized_entropy"]["value"], 1, rtol=1e-12)
-    np.testing.assert_allclose(a.per_head["sink_mass"]["value"], np.mean([1 / (q + 1) for q in rows]), rtol=1e-12)
-    np.testing.assert_allclose(a.per_head["entropy_without_sinks"]["value"], np.mean([math.log(q) for q in rows]),
-                               rtol=1e-12)
-    m = a.metrics
-    assert m["mean_entropy"]["value"] == pytest.approx(s_mean)
-    assert m["per_layer_entropy"]["value"] == pytest.approx([s_mean, s_mean])
-    assert m["n_sequences"] == 3 and m["n_ensembles"] == 2 * 3 * len(rows)
-    for name in ("entropy", "sink_mass", "free_energy"):
-        assert m[f"mean_{name}"]["ci_low"] <= m[f"mean_{name}"]["value"] <= m[f"mean_{name}"]["ci_high"]
-        assert m[f"mean_{name}"]["ci_low"] < m[f"mean_{name}"]["ci_high"]  # sequences differ in length
-    np.testing.assert_allclose(a.heat_curves, 0, atol=1e-15)  # C(T) = 0 at every T: flat, so peaks 'at the edge'
-    assert a.peak_at_edge.all() and m["n_heads_peak_at_edge"] == 6
-    np.testing.assert_allclose(a.by_query_position["entropy"][0, 0], np.log(np.arange(1, 10)), rtol=1e-12)
-    np.testing.assert_array_equal(a.by_query_position["count"][0, 0], [3, 3, 3, 3, 2, 2, 1, 1, 1])
-    assert a.by_key_distance["mass"].shape == (2, 3, 9)
-    d0 = np.mean([1 / (q + 1) for q in rows])  # distance 0: each kept row's weight on itself
-    assert a.by_key_distance["mass"][1, 2, 0] == pytest.approx(d0)
-
-
-def test_analysis_finds_the_schottky_peak_of_two_level_heads():
-    # every head: query 1 sees keys (0, 1) at energies (0, Δ_h); query 0 is skipped and there is no sink view
-    gaps = torch.tensor([[0.5, 1.0], [2.0, 3.0]])
-    scores = torch.zeros(2, 2, 2, 2)
-    scores[..., 1, 1] = -gaps
-    causal = torch.ones(2, 2, dtype=torch.bool).tril()
-    conv = ThermoConventions(sink_positions=())
-    a = analyse_thermo([AttentionScores(scores, causal)] * 2, conv, n_boot=50)
-    grid = torch.tensor(conv.temperatures, **F64)
-    assert_close(torch.from_numpy(a.heat_curves), schottky(grid[:, None, None], gaps.double()))
-    np.testing.assert_allclose(a.peak_temperature, schottky_peak(1.0) * gaps.numpy(), rtol=0.01)
-    assert not a.peak_at_edge.any()
-    assert "mean_sink_mass" not in a.metrics
-    assert a.metrics["mean_specific_heat"]["value"] == pytest.approx(float(schottky(torch.ones(1), gaps).mean()))
-
-
-def test_excluding_sinks_makes_the_headline_the_sink_free_ensemble():
-    g = torch.Generator().manual_seed(10)
-    caps = [AttentionScores(torch.randn(2, 2, T, T, generator=g), torch.ones(T, T, dtype=torch.bool).tril(),
-                            positions=torch.arange(T)) for T in (5, 8)]
-    a = analyse_thermo(caps, ThermoConventions(sinks="exclude"), n_boot=20)
-    b = analyse_thermo(caps, ThermoConventions(), n_boot=20)
-    for name in ("energy", "entropy", "specific_heat"):
-        np.testing.assert_allclose(a.per_head[name]["value"], a.per_head[f"{name}_without_sinks"]["value"])
-        np.testing.assert_allclose(a.per_head[name]["value"], b.per_head[f"{name}_without_sinks"]["value"])
-    np.testing.assert_allclose(a.per_head["sink_mass"]["value"], b.per_head["sink_mass"]["value"])
-
-
-def test_conventions_and_captures_are_validated():
-    assert ThermoConventions(temperatures=[0.5, 1.0, 2.0]).temperatures == (0.5, 1.0, 2.0)
-    assert len(ThermoConventions().temperatures) == 25
-    for kw, name in (({"ensemble_temperature": 0.0}, "ensemble_temperature"), ({"temperatures": (1.0, 0.5, 2.0)}, "temperatures"),
-                     ({"temperatures": (0.5, 1.0)}, "temperatures"), ({"sink_positions": (-1,)}, "sink_positions"),
-                     ({"sinks": "drop"}, "sinks"), ({"sinks": "exclude", "sink_positions": ()}, "sinks"),
-                     ({"skip_query_positions": -1}, "skip_query_positions")):
-        with pytest.raises(ConfigError) as err:
-            ThermoConventions(**kw)
-        assert err.value.field == name
-    causal = torch.ones(4, 4, dtype=torch.bool).tril()
-    with pytest.raises(TrajectoryError, match="L, H, T, T"):
-        AttentionScores(torch.zeros(2, 4, 4), causal)
-    with pytest.raises(TrajectoryError, match="positions"):
-        AttentionScores(torch.zeros(1, 1, 4, 4), causal, positions=torch.arange(3))
-    with pytest.raises(TrajectoryError, match="layer_names"):
-        AttentionScores(torch.zeros(1, 1, 4, 4), causal, layer_names=("a", "b"))
-    with pytest.raises(TrajectoryError, match="capture 1"):
-        analyse_thermo([AttentionScores(torch.zeros(1, 2, 4, 4), causal),
-                        AttentionScores(torch.zeros(2, 2, 4, 4), causal)], ThermoConventions())
-    with pytest.raises(TrajectoryError, match="no attention captures"):
-        analyse_thermo([], ThermoConventions())

@@ -12,6 +12,7 @@ import sys
 
 from .. import __version__
 from ..errors import ConfigError, LensError
+from ..experiments.config_tree import leaf_values
 from ..experiments.registry import Experiment, experiments
 from ..experiments.tables import format_table
 from ..models.pretrained.registry import ALIASES
@@ -38,7 +39,7 @@ def _experiment_command(exp: Experiment):
         cfg = dataclass_from_args(exp.config, args)
         results = exp.execute(cfg, progress=not args.quiet)
         print(exp.summarise(results))
-        print(f"\nresults: {args.out}/results.json")
+        print(f"\nresults: {leaf_values(cfg)['out']}/results.json")  # the default folder too, not only a given --out
         return 0
     return command
 

@@ -15,6 +15,10 @@ from .section import FigureBlock, Section, TableBlock, conventions_table, openin
 from .tables import cell, summary_rows
 
 ARRAYS_FILE = "thermo.npz"
+# The conventions key of a report run whose model's attention neither capture path reads (its value: why), e.g.
+# learned sink logits; such a run has no metrics and no thermo.npz. falcon, bloom and gptj are captured (from their
+# log-probabilities) and are no such runs.
+NOT_CAPTURED = "not_captured"
 HEADLINE = ("mean_entropy", "mean_normalized_entropy", "mean_specific_heat", "mean_free_energy", "mean_energy",
             "mean_sink_mass", "heat_peak_temperature", "n_heads_peak_at_edge", "n_sequences", "n_ensembles")
 DETAIL = ("mean_entropy_without_sinks", "mean_normalized_entropy_without_sinks", "mean_specific_heat_without_sinks",
@@ -24,7 +28,8 @@ DETAIL = ("mean_entropy_without_sinks", "mean_normalized_entropy_without_sinks",
 CONCENTRATED = 0.1
 
 DEFINITIONS = [
-    ["s_ij, E_ij", "q_i·k_j·scaling (soft-capped where the model caps); E = −s",
+    ["s_ij, E_ij", "q_i·k_j·scaling (soft-capped where the model caps); E = −s. Captured from log-probabilities: "
+     "ln p_ij = s_ij − ln Z_i, so E is known up to a constant per query row",
      "pre-softmax score of query i on key j and its energy"],
     ["p_ij, Z_i", "exp(−E_ij/T)/Z_i over the keys query i sees; Z_i = Σ_j exp(−E_ij/T)",
      "the Boltzmann weights: the model's attention at T = 1"],
@@ -56,6 +61,7 @@ DEFINITIONS = [
 
 def thermo_figures(out: Path, entries: list[dict]) -> list[Path]:
     """Write the three thermo figures into ``out/figures`` from each run's thermo.npz; returns their paths."""
+    entries = captured(entries)
     if not entries:
         return []
     data = {e["run"]: dict(np.load(Path(out) / e["run"] / ARRAYS_FILE)) for e in entries}
@@ -63,6 +69,11 @@ def thermo_figures(out: Path, entries: list[dict]) -> list[Path]:
     return [_heatmaps(entries, data, fig_dir / "thermo_heatmaps.png"),
             _heat_curves(entries, data, fig_dir / "thermo_heat_curves.png"),
             _positional(entries, data, fig_dir / "thermo_positional.png")]
+
+
+def captured(entries: list[dict]) -> list[dict]:
+    """The runs whose attention was captured (all but a report's runs of unsupported architectures)."""
+    return [e for e in entries if not (e.get("conventions") or {}).get(NOT_CAPTURED)]
 
 
 def _heatmaps(entries, data, path):
@@ -151,8 +162,16 @@ def _positional(entries, data, path):
 def explain_thermo(entries: list[dict]) -> list[str]:
     """The section's opening sentences, each chosen by the numbers it quotes."""
     groups = pairs(entries)
-    return [s for p in groups for s in (_concentration(p, len(groups) > 1), _heat(p, len(groups) > 1),
-                                        _sinks(p, len(groups) > 1)) if s]
+    sentences = [s for p in groups for s in (_concentration(p, len(groups) > 1), _heat(p, len(groups) > 1),
+                                             _sinks(p, len(groups) > 1)) if s]
+    probabilities = [e["run"] for e in entries if (e.get("metrics") or {}).get("not_identified")]
+    if probabilities:
+        sentences.append(f"For {join(probabilities)}, attention was read from the probabilities (the architecture "
+                         "computes attention inline, so the scores are not captured), which fix the energies only up "
+                         "to a constant per query row: S, C, C(T) and the sink mass are exact, while U and F are not "
+                         "identified and are left blank.")
+    missing = [f"{e['run']} ({reason})" for e in entries if (reason := (e.get("conventions") or {}).get(NOT_CAPTURED))]
+    return sentences + ([f"No attention was captured for {join(missing)}."] if missing else [])
 
 
 def _concentration(pair: Pair, several: bool) -> str | None:

@@ -14,6 +14,7 @@ from ..analysis.energy import EnergyConventions
 from ..analysis.geometry import PathConventions
 from ..analysis.sphere import SphereConventions
 from ..analysis.stp import StpConventions
+from ..analysis.thermo import ThermoConventions
 from ..errors import ConfigError
 from ..experiments.config import BootstrapConfig, RunConfig, TrajectoryConfig
 from ..experiments.energy import check_span
@@ -37,6 +38,7 @@ class ReportConfig:
     paths: PathConventions = field(default_factory=PathConventions)
     stp: StpConventions = field(default_factory=StpConventions)
     sphere: SphereConventions = field(default_factory=SphereConventions)
+    thermo: ThermoConventions = field(default_factory=ThermoConventions)  # its leaf names are the thermo command's
     separator: str | None = None
     """Add the shared-potential separator section from this finished `separator` run folder."""
     steer: str | None = None

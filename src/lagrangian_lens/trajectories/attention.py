@@ -1,4 +1,4 @@
-"""Attention scores of a causal LM: every head's pre-softmax scores, and the mask of the keys each query sees.
+"""Attention of a causal LM: every head's pre-softmax scores (or log-probabilities), and the keys each query sees.
 
 Mechanism. A transformers 5.x attention module calls the function registered in ``ALL_ATTENTION_FUNCTIONS``
 under ``config._attn_implementation``, and the model builds its masks with the function registered under the
@@ -9,32 +9,52 @@ logit soft-cap where the model passes one, the mask added as 0 / dtype-min, soft
 key/value heads repeated) and hands the scores and the mask to the recorder of that layer on the way.
 :func:`record_attention` points every config of the model at that key and gives each its previous
 implementation back on exit, also when the body raises. No hook is registered and no module is replaced.
+:func:`capture_attention` runs one batch through it and returns one :class:`AttentionScores` per sequence, the
+container the thermo analysis (``analysis.thermo``) reads.
 
 The model's outputs are eager attention's (bit for bit in the tests); a model loaded with sdpa moves by float
 rounding only.
 
-Coverage. Every architecture whose attention calls the interface: all rows of the architecture table except
-falcon, bloom and gptj, whose attention modules compute their scores inline (bloom and falcon add ALiBi
-there). Their layers never call the interface, so :meth:`AttentionRecorder.pop` raises
-``UnsupportedArchitectureError`` after the first forward rather than return partial scores; recomputing their
-scores from hooked q and k would need a copy of each model's rotary or ALiBi code, which is not done here.
+Coverage. Every architecture whose attention calls the interface gives its scores: all rows of the architecture
+table except falcon, bloom and gptj, whose attention modules compute their scores inline (bloom and falcon add
+ALiBi there) and never call it. For those, :func:`capture_attention` falls back to the probabilities that
+``output_attentions=True`` returns under eager attention (``trajectories.attention_weights``) and stores
+ln p = s − ln Z: the scores up to one unknown constant per query row, marked ``gauge="log-probabilities"``. Which
+path a model needs is found by its first capture (the interface path reports the layers that never called it)
+and remembered for that model object, so later batches run one forward each. A model that neither path reads
+(learned sink logits, ``output_attentions`` returning nothing) raises ``UnsupportedArchitectureError``.
+Recomputing the inline scores from hooked q and k would need a copy of each model's rotary or ALiBi code,
+which is not done here.
 """
 from __future__ import annotations
 
 import contextlib
+import math
+import weakref
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import nn
-from transformers import PreTrainedConfig
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 from transformers.modeling_utils import AttentionInterface
 
 from ..errors import TrajectoryError, UnsupportedArchitectureError
 from ..models.pretrained.architectures import blocks
+from .attention_weights import attention_implementation, attention_log_probabilities, model_configs
 
 CAPTURE = "lagrangian_lens_capture"  # the attention implementation key registered below
+# What AttentionScores.scores hold: the scores themselves, or ln p = s − ln Z (known up to a constant per row).
+GAUGES = ("scores", "log-probabilities")
+# How each gauge is captured, in the words results record under conventions["capture"].
+CAPTURE_METHODS = {
+    "scores": "scores via AttentionInterface: pre-softmax s = q·k·scaling (soft-capped where the model caps) of every "
+              "head, grouped-query heads expanded, from eager attention run through transformers' AttentionInterface",
+    "log-probabilities": "log-probabilities via output_attentions; U and F not identified: ln p = s − ln Z of every "
+                         "head from eager attention's weights, the scores up to one unknown constant per query row",
+}
+# The gauge each model's first capture found it needs, so later captures run one forward (weak: models are freed).
+_MODEL_GAUGE: weakref.WeakKeyDictionary[nn.Module, str] = weakref.WeakKeyDictionary()
 
 # Per attention module (by id) being recorded: (its recorder, its block index). Filled and emptied by
 # record_attention; a module not in it (another model using the key) computes eager attention unrecorded.
@@ -45,7 +65,8 @@ _ACTIVE: dict[int, tuple[AttentionRecorder, int]] = {}
 class AttentionCall:
     """One layer's attention in one forward, as the attention function saw it."""
 
-    scores: torch.Tensor  # (B, H, q, k) float32: q·kᵀ·scaling (soft-capped where the model caps), before the mask
+    scores: torch.Tensor  # (B, H, q, k) float32: q·kᵀ·scaling (soft-capped where the model caps), before the mask;
+    # or ln p (−inf where p = 0) from the probability path, whose records never pass through a recorder
     visible: torch.Tensor  # (B, q, k) bool: True where the query sees the key (one mask per layer, for all heads)
 
 
@@ -65,18 +86,23 @@ class AttentionRecorder:
         to = self.device if self.device is not None else scores.device
         self.calls[layer] = AttentionCall(scores.detach().to(to, torch.float32), visible.detach().to(to))
 
+    def missing(self) -> list[int]:
+        """The selected layers that have not called the attention interface since the last :meth:`pop`."""
+        return [layer for layer in self.layers if layer not in self.calls]
+
     def pop(self) -> dict[int, AttentionCall]:
         """The last forward's calls {block index: AttentionCall}; clears the record.
 
         Raises UnsupportedArchitectureError when a selected layer did not call the attention interface.
         """
-        missing = [layer for layer in self.layers if layer not in self.calls]
+        missing = self.missing()
         if missing:
             self.calls.clear()
             raise UnsupportedArchitectureError(
                 f"layer(s) {missing[:8]} of model_type {self.model_type!r} computed attention without calling "
-                "transformers' AttentionInterface, so their scores cannot be captured; every architecture-table "
-                "row but falcon, bloom and gptj uses it. Fix: use a model of another family."
+                "transformers' AttentionInterface, so their scores cannot be recorded; every architecture-table "
+                "row but falcon, bloom and gptj uses it. Fix: capture_attention(model, ...) reads such a model's "
+                "log-probabilities instead, or use a model of another family."
             )
         calls, self.calls = self.calls, {}
         return calls
@@ -137,19 +163,6 @@ AttentionInterface.register(CAPTURE, capture_attention_forward)
 AttentionMaskInterface.register(CAPTURE, _visible_mask)
 
 
-def _configs(model: nn.Module) -> list[PreTrainedConfig]:
-    """Every distinct config the model's modules read, with their sub-configs (a multimodal model's text part)."""
-    found: dict[int, PreTrainedConfig] = {}
-    pending = [m.config for m in model.modules() if isinstance(getattr(m, "config", None), PreTrainedConfig)]
-    while pending:
-        config = pending.pop()
-        if id(config) not in found:
-            found[id(config)] = config
-            pending += [sub for key in getattr(config, "sub_configs", {}) if isinstance(
-                sub := getattr(config, key, None), PreTrainedConfig)]
-    return list(found.values())
-
-
 def resolve_layers(model: nn.Module, layers: Sequence[int] | None) -> tuple[int, ...]:
     """Block indices (negative counts from the end), checked against the model's depth; None: every block."""
     n = len(blocks(model))
@@ -179,48 +192,86 @@ def record_attention(model: nn.Module, *, layers: Sequence[int] | None = None,
         raise TrajectoryError("this model's attention is already being recorded: nest no record_attention "
                               "contexts on one model; select every layer needed in one context")
     recorder = AttentionRecorder(model, selected, device)
-    configs = _configs(model)
-    previous = [config._attn_implementation_internal for config in configs]
     try:
-        for config in configs:
-            config._attn_implementation_internal = CAPTURE  # this config only: its sub-configs are in the list
         _ACTIVE.update({key: (recorder, layer) for key, layer in owners.items()})
-        yield recorder
+        with attention_implementation(model_configs(model), CAPTURE):
+            yield recorder
     finally:
         for key in owners:
             _ACTIVE.pop(key, None)
-        for config, implementation in zip(configs, previous):
-            config._attn_implementation_internal = implementation
 
 
 @dataclass
-class SequenceAttention:
-    """One sequence's attention at the captured layers, over its real tokens only (padding removed).
+class AttentionScores:
+    """One sequence's pre-softmax attention scores at L layers and H heads, and the keys each query sees.
 
-    Row i is the query at position i, column j the key at position j; position 0 is the sequence's first token
-    (its BOS where the tokenizer adds one), so the attention sink stays at key 0.
+    Row i is the query at position i, column j the key at position j. ``capture_attention`` fills every field,
+    over a sequence's real tokens only (padding removed), so position 0 is its first token (its BOS where the
+    tokenizer adds one) and the attention sink stays at key 0; hand-made scores need only ``scores`` and
+    ``visible``. ``analysis.thermo.analyse_thermo`` reads this container as it is.
+
+    ``gauge`` says what ``scores`` hold. "scores": the scores as the softmax reads them. "log-probabilities":
+    ln p_j = s_j − ln Z, the scores up to one unknown constant per query row (the capture of models whose layers
+    bypass the AttentionInterface); −inf marks a visible key whose probability underflowed to 0. Everything the
+    softmax alone decides (p, S, C, C(T)) is the same in both gauges; the energies' level (U, F) is not.
     """
 
-    token_ids: torch.Tensor  # (T,) int64
-    scores: torch.Tensor  # (L, H, T, T) float32: pre-softmax scores of every head
-    visible: torch.Tensor  # (L, T, T) bool: whether query i sees key j at each layer (causal, window)
-    layers: tuple[int, ...]  # (L,) the block index of each row of scores
+    scores: torch.Tensor  # (L, H, T, T) float: as the softmax reads them (scaled; soft-capped where the model caps)
+    visible: torch.Tensor  # (L, T, T) bool, True where query i sees key j; (T, T) or (L, 1, T, T) are normalised to it
+    token_ids: torch.Tensor | None = None  # (T,) int: the tokens, where known
+    positions: torch.Tensor | None = None  # (T,) int >= 0: the tokens' positions (None: their indices)
+    layers: tuple[int, ...] | None = None  # (L,) the block index of each row of scores (None: 0..L-1)
+    gauge: str = "scores"  # one of GAUGES: what ``scores`` hold
 
     def __post_init__(self):
-        self.layers = tuple(int(layer) for layer in self.layers)
-        if self.scores.ndim != 4:
-            raise TrajectoryError(f"scores must be (L, H, T, T); got shape {tuple(self.scores.shape)}")
-        L, _, T, T2 = self.scores.shape
-        if T != T2 or self.token_ids.shape != (T,):
-            raise TrajectoryError(f"scores {tuple(self.scores.shape)} need square (T, T) planes and token_ids of "
-                                  f"shape ({T},); got token_ids {tuple(self.token_ids.shape)}")
-        if self.visible.shape != (L, T, T) or self.visible.dtype != torch.bool:
-            raise TrajectoryError(f"visible must be a bool (L, T, T) = ({L}, {T}, {T}) mask; got "
-                                  f"{self.visible.dtype} {tuple(self.visible.shape)}")
+        s = self.scores
+        if s.ndim != 4 or s.shape[-1] != s.shape[-2] or not s.is_floating_point():
+            raise TrajectoryError(f"AttentionScores.scores must be float (L, H, T, T), got {s.dtype} "
+                                  f"{tuple(s.shape)}; give one sequence's scores, layers stacked first")
+        L, _, T, _ = s.shape
+        self.visible = self._normalised_mask(self.visible, L, T).to(s.device)
+        for name in ("token_ids", "positions"):
+            value = getattr(self, name)
+            if value is not None and (tuple(value.shape) != (T,) or value.is_floating_point()):
+                raise TrajectoryError(f"AttentionScores.{name} must be ints of shape ({T},), one per token; got "
+                                      f"{value.dtype} {tuple(value.shape)}")
+        if self.positions is not None and bool((self.positions < 0).any()):
+            raise TrajectoryError(f"AttentionScores.positions must be >= 0, got min {int(self.positions.min())}")
+        self.layers = tuple(range(L)) if self.layers is None else tuple(int(layer) for layer in self.layers)
         if len(self.layers) != L:
-            raise TrajectoryError(f"{len(self.layers)} layer indices for {L} rows of scores")
-        if not self.visible.any(-1).all():
-            raise TrajectoryError("a query sees no key: the sequence still holds padding positions")
+            raise TrajectoryError(f"AttentionScores.layers has {len(self.layers)} block indices for {L} rows of "
+                                  "scores; give one per row, or None for 0..L-1")
+        if not bool(self.visible.any(-1).all()):
+            raise TrajectoryError("AttentionScores.visible: a query sees no key (the sequence still holds padding "
+                                  "positions?); every query must see at least one key, e.g. itself")
+        if self.gauge not in GAUGES:
+            raise TrajectoryError(f"AttentionScores.gauge {self.gauge!r} is not one of {GAUGES}: 'scores' for scores "
+                                  "as the softmax reads them, 'log-probabilities' for ln p")
+        if not self.scores_known:
+            top = float(torch.where(self.mask, s, -math.inf).max())  # ln p <= 0, up to rounding
+            if top > 1e-6:
+                raise TrajectoryError(f"AttentionScores.scores reach {top:.3g} at a visible key, but log-probabilities "
+                                      "are <= 0; pass ln p (gauge='log-probabilities') or the scores (gauge='scores')")
+
+    @staticmethod
+    def _normalised_mask(mask: torch.Tensor, L: int, T: int) -> torch.Tensor:
+        """(L, T, T) from a (T, T) mask shared by the layers (a view) or an (L, 1, T, T) one."""
+        if mask.dtype != torch.bool:
+            raise TrajectoryError(f"AttentionScores.visible must be bool (True = visible key), got {mask.dtype}; "
+                                  "pass mask.bool()")
+        if tuple(mask.shape) == (T, T):
+            return mask.expand(L, T, T)
+        if tuple(mask.shape) == (L, 1, T, T):
+            return mask[:, 0]
+        if tuple(mask.shape) != (L, T, T):
+            raise TrajectoryError(f"AttentionScores.visible of shape {tuple(mask.shape)}: give one mask per layer, "
+                                  f"shared by the heads: (L, T, T) = ({L}, {T}, {T}), (L, 1, T, T) or (T, T)")
+        return mask
+
+    @property
+    def scores_known(self) -> bool:
+        """Whether ``scores`` are the scores themselves, not ln p (known only up to a constant per query row)."""
+        return self.gauge == "scores"
 
     @property
     def n_layers(self) -> int:
@@ -235,12 +286,25 @@ class SequenceAttention:
         return self.scores.shape[2]
 
     @property
+    def layer_names(self) -> tuple[str, ...]:
+        """(L,) the rows' site names, 'block.<index>'."""
+        return tuple(f"block.{layer}" for layer in self.layers)
+
+    @property
     def mask(self) -> torch.Tensor:
         """(L, H, T, T) bool: the visible mask broadcast over heads (a view, no copy)."""
         return self.visible[:, None].expand_as(self.scores)
 
+    @property
+    def token_positions(self) -> torch.Tensor:
+        """(T,) int64 positions on the scores' device: ``positions``, or the indices without them."""
+        if self.positions is not None:
+            return self.positions.to(device=self.scores.device, dtype=torch.long)
+        return torch.arange(self.n_tokens, device=self.scores.device)
+
     def probabilities(self) -> torch.Tensor:
-        """(L, H, T, T) the softmax of the scores over each query's visible keys; 0 on hidden keys."""
+        """(L, H, T, T) the softmax of the scores over each query's visible keys; 0 on hidden keys (either gauge:
+        the softmax of ln p is p)."""
         masked = self.scores.masked_fill(~self.mask, float("-inf"))
         return torch.softmax(masked, dim=-1)
 
@@ -248,13 +312,20 @@ class SequenceAttention:
 @torch.no_grad()
 def capture_attention(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, *,
                       position_ids: torch.Tensor | None = None, layers: Sequence[int] | None = None,
-                      device: torch.device | str | None = "cpu") -> list[SequenceAttention]:
-    """One forward of ``input_ids`` (B, P) (or (P,)) with the capture on: one :class:`SequenceAttention` per row.
+                      device: torch.device | str | None = "cpu", gauge: str | None = None) -> list[AttentionScores]:
+    """One forward of ``input_ids`` (B, P) (or (P,)) with the capture on: one :class:`AttentionScores` per row.
 
     ``attention_mask`` (B, P) marks real tokens (1) against padding (0), left or right; ``position_ids``
     default to counting real tokens only, so padding never shifts a position and each row's scores equal
     those of the row run alone. Rows come back with padding removed, on ``device`` (None: the model's).
+
+    ``gauge`` None picks the capture the model needs: its scores through the AttentionInterface where its layers
+    call it, else its log-probabilities from ``output_attentions`` (decided by the model's first capture, which
+    then costs one extra forward, and remembered). "scores" or "log-probabilities" forces one path; "scores"
+    raises UnsupportedArchitectureError for layers that bypass the interface.
     """
+    if gauge is not None and gauge not in GAUGES:
+        raise TrajectoryError(f"gauge {gauge!r} is not one of {GAUGES}, or None to let the model decide")
     if input_ids.ndim == 1:
         input_ids = input_ids[None]
         attention_mask = attention_mask[None] if attention_mask is not None else None
@@ -268,18 +339,29 @@ def capture_attention(model: nn.Module, input_ids: torch.Tensor, attention_mask:
         raise TrajectoryError(f"row(s) {empty[:10]} of attention_mask hold no real token")
     if position_ids is None:
         position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-    with record_attention(model, layers=layers, device=device) as recorder:
-        model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False)
-        calls = recorder.pop()
+    selected = resolve_layers(model, layers)
+    path = gauge or _MODEL_GAUGE.get(model, "scores")
+    if path == "scores":
+        with record_attention(model, layers=selected, device=device) as recorder:
+            model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False)
+            # Layers that never called the interface compute attention inline: read their probabilities instead.
+            path = "log-probabilities" if gauge is None and recorder.missing() else "scores"
+            calls = recorder.pop() if path == "scores" else None
+    if gauge is None:
+        _MODEL_GAUGE[model] = path
+    if path == "log-probabilities":
+        calls = {layer: AttentionCall(*parts) for layer, parts in attention_log_probabilities(
+            model, input_ids, attention_mask, position_ids, selected, device).items()}
     out = []
     for b in range(input_ids.shape[0]):
-        keep = attention_mask[b].bool().nonzero().flatten().to(calls[recorder.layers[0]].scores.device)
-        scores = torch.stack([calls[layer].scores[b] for layer in recorder.layers])  # (L, H, P, P)
-        visible = torch.stack([calls[layer].visible[b] for layer in recorder.layers])  # (L, P, P)
-        out.append(SequenceAttention(
-            token_ids=input_ids[b, keep.to(input_ids.device)].to(keep.device),
+        keep = attention_mask[b].bool().nonzero().flatten().to(calls[selected[0]].scores.device)
+        scores = torch.stack([calls[layer].scores[b] for layer in selected])  # (L, H, P, P)
+        visible = torch.stack([calls[layer].visible[b] for layer in selected])  # (L, P, P)
+        out.append(AttentionScores(
             scores=scores[:, :, keep][:, :, :, keep].contiguous(),
             visible=visible[:, keep][:, :, keep].contiguous(),
-            layers=recorder.layers,
+            token_ids=input_ids[b, keep.to(input_ids.device)].to(keep.device),
+            layers=selected,
+            gauge=path,
         ))
     return out
