@@ -1,6 +1,7 @@
 """The separator experiment end to end on tiny models: its results, its oracle, and stage caches keyed by exactly
 what each stage reads (a changed setting is recomputed, an unchanged one is kept, a wrong checkpoint refused)."""
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -145,3 +146,20 @@ def test_results_of_an_older_fit_version_are_refused_by_the_report(tmp_path):
     old = {"models": {"splm": {"fit": {"per_layer": [0.9], "median": 0.9}}}, "oracle": {"per_layer": [1.0]}}
     with pytest.raises(RunFolderError, match="fit version 1, older than 2: .* Run the separator again"):
         report_section(tmp_path, old)
+
+
+def test_an_splm_with_other_forces_is_refused_as_the_oracle_model(tmp_path, tiny_dir, capsys):
+    # The oracle reads −∇V_θ only: a PARF or hybrid member's steps have forces it does not model.
+    out = tmp_path / "sep"
+    assert main(["separator", "--model", f"random:{tiny_dir}", *SMALL, "--out", str(out)]) == 0
+    for change in ({"pair_force": "mlp"}, {"layers": "SA"}):
+        run = tmp_path / f"member-{next(iter(change))}"
+        shutil.copytree(out / "splm", run)
+        meta_file = run / "checkpoint" / "meta.json"
+        meta = json.loads(meta_file.read_text())
+        meta["model_config"].update(change)
+        meta_file.write_text(json.dumps(meta))
+        assert main(["separator", "--model", f"random:{tiny_dir}", *SMALL, "--splm-checkpoint", str(run),
+                     "--out", str(tmp_path / "other")]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: --splm-checkpoint:") and "the oracle reads the potential's force only" in err

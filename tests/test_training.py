@@ -134,3 +134,26 @@ def test_ddp_on_two_cpu_processes_keeps_the_weights_identical(corpus, tmp_path):
     assert ranks[0]["param_fingerprint"] == ranks[1]["param_fingerprint"]
     assert ranks[0]["train_loss"] == ranks[1]["train_loss"]  # the logged loss is the mean across ranks
     assert read_meta(out)["world_size"] == 2
+
+
+def test_a_checkpoint_older_than_a_setting_still_resumes(corpus, tmp_path):
+    # A checkpoint written before a setting existed lacks it in its record: it reads as the setting's default (the
+    # value that reproduces such runs), so the run resumes; a non-default value is still a refused change.
+    cfg = TrainConfig(corpus=corpus, out=str(tmp_path / "old"), max_steps=2, eval_every=2, **TINY)
+    train(cfg, progress=False)
+    meta_file = tmp_path / "old" / "checkpoint" / "meta.json"
+    meta = json.loads(meta_file.read_text())
+    for added in ("xi", "pair_force", "layers", "final_norm"):
+        del meta["train_config"][added]
+    meta_file.write_text(json.dumps(meta))
+    train(TrainConfig(**{**cfg.__dict__, "max_steps": 3}), resume=True, progress=False)
+    with pytest.raises(CheckpointError, match=r"changed config: xi: 'mean' -> 'kema:2'"):
+        train(TrainConfig(**{**cfg.__dict__, "max_steps": 4, "xi": "kema:2"}), resume=True, progress=False)
+
+
+def test_a_forced_restart_starts_a_fresh_metrics_log(corpus, tmp_path):
+    cfg = TrainConfig(corpus=corpus, out=str(tmp_path / "f"), max_steps=2, eval_every=1, **TINY)
+    train(cfg, progress=False)
+    train(TrainConfig(**{**cfg.__dict__, "max_steps": 3}), force=True, progress=False)
+    steps = [row["step"] for row in map(json.loads, (tmp_path / "f" / "metrics.jsonl").read_text().splitlines())]
+    assert steps == sorted(set(steps)) and steps[-1] == 3 and steps.count(1) == 1

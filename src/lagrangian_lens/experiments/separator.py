@@ -166,7 +166,13 @@ def check_checkpoint(path: str, name: str) -> None:
         raise ConfigError(option, f"{path!r} is not a training run folder: {exc}") from None
     if meta.get("arch") != arch:
         raise ConfigError(option, f"{path!r} holds a {meta.get('arch')!r} model, not a {arch!r} model")
-    if ln_after_step and not meta.get("model_config", {}).get("ln_after_step"):
+    model_config = meta.get("model_config", {})
+    if arch == "splm" and (model_config.get("pair_force") or "A" in model_config.get("layers", "")):
+        # The oracle compares the observed steps with -∇V_θ alone; PARF's pair force and attention blocks move h too.
+        raise ConfigError(option, f"{path!r} holds an SPLM with pair_force={model_config.get('pair_force')!r} and "
+                                  f"layers={model_config.get('layers')!r}; the oracle reads the potential's force only: "
+                                  "give a run without --pair-force or A layers (any --xi is fine)")
+    if ln_after_step and not model_config.get("ln_after_step"):
         raise ConfigError(option, f"{path!r} holds an SPLM trained without ln_after_step; give a run trained with "
                                   "--ln-after-step, or leave the option out to train one here")
 

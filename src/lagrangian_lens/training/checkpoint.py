@@ -164,12 +164,15 @@ def load_run_tokenizer(path: Path, meta: dict):
         raise CheckpointError(f"the checkpoint's tokenizer is missing or damaged: {exc}") from exc
 
 
-def resume_meta(out: Path, *, resume: bool, force: bool, arch: str, config: dict, resumable: frozenset[str]) -> dict | None:
+def resume_meta(out: Path, *, resume: bool, force: bool, arch: str, config: dict, resumable: frozenset[str],
+                defaults: dict | None = None) -> dict | None:
     """The checkpoint meta of ``out`` to resume from, checked against the requested run; None for a fresh start.
 
     Resuming needs a checkpoint of the same ``arch`` whose recorded train config equals ``config`` except in the
     ``resumable`` settings (``force`` accepts other changes); a fresh start over an existing checkpoint needs
-    ``force``. Every refusal names the settings that fix it.
+    ``force``. Every refusal names the settings that fix it. A setting the checkpoint's record lacks (one added to
+    the config after it was written) counts as its value in ``defaults``: a new setting's default is the one that
+    reproduces the runs made before it existed, so those runs still resume.
     """
     if not resume:
         if (out / CHECKPOINT).exists() and not force:
@@ -183,7 +186,7 @@ def resume_meta(out: Path, *, resume: bool, force: bool, arch: str, config: dict
     if meta["arch"] != arch:
         raise CheckpointError(f"the checkpoint in {out} is a {meta['arch']!r} model; arch {arch} cannot resume it: "
                               "give another out", options=("arch", "out"))
-    old = meta["train_config"]
+    old = {**(defaults or {}), **meta["train_config"]}
     changed = {k: (old.get(k), v) for k, v in config.items() if k not in resumable and old.get(k) != v}
     if changed and not force:
         raise CheckpointError(

@@ -15,7 +15,9 @@ import torch
 from ..checks import check_device
 from ..errors import ConfigError, ModelSpecError
 from ..models.own.gpt import GPT, GPTConfig, matched_gpt_config, n_params
-from ..models.own.splm import FORCE_MODES, MASS_MODES, SPLM, SPLMConfig
+from ..models.own.pair import PAIR_FORMS
+from ..models.own.splm import FORCE_MODES, MASS_MODES, SPLM, SPLMConfig, resolve_layers
+from ..models.own.xi import parse_xi
 from ..models.pretrained.loading import resolve_device as resolve_auto
 from ..models.spec import ModelSpec
 
@@ -71,7 +73,8 @@ def _check_range(cfg, field: str, *, low: float, strict: bool = True, high: floa
 class TrainConfig:
     """Settings of a training run. Every field is also a command-line option."""
 
-    CHOICES: typing.ClassVar[dict] = {"arch": ARCHS, "mass": MASS_MODES, "force_impl": FORCE_MODES}
+    CHOICES: typing.ClassVar[dict] = {"arch": ARCHS, "mass": MASS_MODES, "force_impl": FORCE_MODES,
+                                      "pair_force": ("none", *PAIR_FORMS)}
 
     arch: str = "splm"
     """splm (scalar-potential LM) or gpt (the matched baseline)."""
@@ -89,7 +92,7 @@ class TrainConfig:
     d_model: int = 128
     """Width of the model."""
     n_steps: int = 8
-    """SPLM: integration steps L (its depth)."""
+    """SPLM: blocks L (its depth): integration steps, or as many S/A blocks as layers gives."""
     v_hidden: int = 512
     """SPLM: width of the potential MLP."""
     v_depth: int = 2
@@ -106,10 +109,18 @@ class TrainConfig:
     """SPLM: LayerNorm without affine parameters after every step."""
     force_impl: str = "autograd"
     """SPLM: compute the force by autograd (create_graph) or closed_form (the MLP's input-gradient written out)."""
+    xi: str = "mean"
+    """SPLM: the context pool ξ of the embeddings: mean, kema:N, legt:N, legt-dt:N or s4d:N."""
+    pair_force: str = "none"
+    """SPLM: PARF, a pair potential over earlier tokens that adds its force (none: off)."""
+    layers: str = ""
+    """SPLM: layer types, one per step: S (integration step) or A (attention block), e.g. SSAAAASS; '' is all S."""
+    final_norm: bool = False
+    """SPLM: an affine LayerNorm on the last state before the read-out."""
     n_layer: int = 0
     """GPT: blocks; 0 matches the parameter count of the SPLM these settings describe."""
     n_head: int = 4
-    """GPT: attention heads."""
+    """Attention heads: the GPT's, and the SPLM's A blocks'."""
     max_steps: int = 2000
     """Optimiser steps."""
     lr: float = 1e-3
@@ -140,7 +151,7 @@ class TrainConfig:
     """Run folder: checkpoints, metrics.jsonl, tokenizer, config."""
 
     def __post_init__(self):
-        for field in ("arch", "mass", "force_impl"):
+        for field in ("arch", "mass", "force_impl", "pair_force"):
             if getattr(self, field) not in self.CHOICES[field]:
                 raise ConfigError(field, f"{getattr(self, field)!r} is not one of {', '.join(self.CHOICES[field])}")
         for field in ("block_size", "batch_size", "d_model", "n_steps", "v_hidden", "n_head",
@@ -150,7 +161,9 @@ class TrainConfig:
             _check_range(self, field, low=0, strict=False)
         _check_range(self, "dt", low=0)
         _check_range(self, "val_fraction", low=0, high=1)
-        if self.arch == "gpt" and self.d_model % self.n_head:
+        parse_xi(self.xi)
+        attention = self.arch == "gpt" or "A" in resolve_layers(self.layers, self.n_steps)
+        if attention and self.d_model % self.n_head:
             raise ConfigError("n_head", f"d_model {self.d_model} is not divisible by n_head {self.n_head}; "
                                         "give an n_head that divides it")
         check_tokenizer_spec(self.tokenizer)
@@ -183,7 +196,9 @@ class TrainConfig:
         return SPLMConfig(vocab_size=vocab_size, block_size=self.block_size, d_model=self.d_model,
                           n_steps=self.n_steps, v_hidden=self.v_hidden, v_depth=self.v_depth, dt=self.dt,
                           mass=self.mass, gamma=self.gamma, learn_gamma=self.learn_gamma,
-                          ln_after_step=self.ln_after_step, force=self.force_impl)
+                          ln_after_step=self.ln_after_step, force=self.force_impl, xi=self.xi,
+                          pair_force=None if self.pair_force == "none" else self.pair_force, layers=self.layers,
+                          attn_heads=self.n_head, final_norm=self.final_norm)
 
     def gpt_config(self, vocab_size: int) -> GPTConfig:
         if self.n_layer > 0:

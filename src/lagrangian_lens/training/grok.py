@@ -165,7 +165,7 @@ def train_grok(cfg: GrokTrainConfig, probe: Probe | None = None, *, resume: bool
     out = claim_run_folder(cfg.out, EXPERIMENT)
     clean_stale(out)
     meta = resume_meta(out, resume=resume, force=force, arch=ARCH, config=dataclasses.asdict(cfg),
-                       resumable=RESUMABLE_CHANGES)
+                       resumable=RESUMABLE_CHANGES, defaults=dataclasses.asdict(type(cfg)()))
     device = resolve_device(cfg.device)
     data = cfg.data()
     torch.manual_seed(cfg.seed)

@@ -164,7 +164,7 @@ def _train(cfg: TrainConfig, info: DistInfo, *, resume: bool, force: bool, progr
     if info.is_main:
         clean_stale(out)
     meta = resume_meta(out, resume=resume, force=force, arch=cfg.arch, config=dataclasses.asdict(cfg),
-                       resumable=RESUMABLE_CHANGES)
+                       resumable=RESUMABLE_CHANGES, defaults=dataclasses.asdict(type(cfg)()))
     tokenizer, train_split, val_split = prepare_data(cfg, out, load_run_tokenizer(out, meta) if resume else None)
     torch.manual_seed(cfg.seed)
     arch_config = (cfg.splm_config if cfg.arch == "splm" else cfg.gpt_config)(len(tokenizer))
@@ -186,6 +186,7 @@ def _train(cfg: TrainConfig, info: DistInfo, *, resume: bool, force: bool, progr
             raise CausalityError(f"{cfg.arch}: {probe}. Training aborted before the first optimiser step.")
         if info.is_main:
             out.mkdir(parents=True, exist_ok=True)
+            (out / METRICS).unlink(missing_ok=True)  # a forced restart's curve must not follow the old run's rows
             tokenizer.save(_mkdir(out / "tokenizer"))
             write_json(out / RUN_FILE, {"experiment": EXPERIMENT, "config": dataclasses.asdict(cfg),
                                         "model_config": dataclasses.asdict(arch_config), "n_params": n_params(model),
