@@ -20,19 +20,14 @@ Usage: python benchmarks/bench_grok.py [--moduli 19 53 113] [--fraction 0.3] [--
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
+from timing import timed
 
 from lagrangian_lens.experiments.grok import cpu_threads, thermo_probe
 from lagrangian_lens.models.own.grok import GrokTransformer
 from lagrangian_lens.training.config import resolve_device
 from lagrangian_lens.training.grok import GrokTrainConfig, answer_loss, make_optimizer, measure
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 def bench(p: int, fraction: float, steps: int, device: torch.device) -> tuple[float, float]:
@@ -51,19 +46,8 @@ def bench(p: int, fraction: float, steps: int, device: torch.device) -> tuple[fl
         loss.backward()
         opt.step()
 
-    for _ in range(3):  # warm-up: allocator, kernels
-        step()
-    _sync(device)
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    _sync(device)
-    per_epoch = (time.perf_counter() - start) / steps
-    start = time.perf_counter()
-    for _ in range(3):
-        measure(model, data, device, probe)
-    _sync(device)
-    return 1 / per_epoch, (time.perf_counter() - start) / 3
+    per_epoch = timed(step, device, steps)
+    return 1 / per_epoch, timed(lambda: measure(model, data, device, probe), device, 3, warmup=0)
 
 
 def main(argv=None) -> None:
