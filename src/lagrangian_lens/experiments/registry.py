@@ -60,12 +60,13 @@ def register(experiment: Experiment) -> Experiment:
     return experiment
 
 
-ORDER = ("energy", "stp", "sphere", "thermo", "separator", "steer", "grok", "ladder")  # the report's and --help's order; later entries follow
+ORDER = ("energy", "stp", "sphere", "thermo", "separator", "steer", "grok", "ladder",
+         "monitor")  # the report's and --help's order; later entries follow
 
 
 def experiments() -> dict[str, Experiment]:
     """Every registered experiment, the built-in ones first in ``ORDER`` (importing each module registers it)."""
-    from . import energy, grok, ladder, separator, sphere, steer, stp, thermo  # noqa: F401  (each registers itself)
+    from . import energy, grok, ladder, monitor, separator, sphere, steer, stp, thermo  # noqa: F401  (each registers itself)
 
     rank = {name: i for i, name in enumerate(ORDER)}
     return dict(sorted(REGISTRY.items(), key=lambda item: rank.get(item[0], len(ORDER))))

@@ -23,8 +23,8 @@ from ..experiments.runner import run_stages
 from ..provenance import read_json
 from .html import provenance_section, write_report
 
-SEPARATOR, STEER, GROK, LADDER = "separator", "steer", "grok", "ladder"
-WHOLE_RUN = (SEPARATOR, GROK, LADDER)  # experiments whose results.json is their own, not a list of per-model runs
+SEPARATOR, STEER, GROK, LADDER, MONITOR = "separator", "steer", "grok", "ladder", "monitor"
+WHOLE_RUN = (SEPARATOR, GROK, LADDER, MONITOR)  # experiments whose results.json is their own, not a list of per-model runs
 
 
 @dataclass
@@ -47,6 +47,8 @@ class ReportConfig:
     """Add the grokking (specific heat before generalisation) section from this finished `grok` run folder."""
     ladder: str | None = None
     """Add the SPLM-family ladder section from this finished `ladder` run folder."""
+    monitor: str | None = None
+    """Add the energy anomaly monitor section from this finished `monitor` run folder (evaluated with --evaluate)."""
 
     # The geometry sections run along tokens at the energy site, on the energy's trajectories.
     FIXED = frozenset({"axis"})
@@ -61,9 +63,9 @@ class ReportConfig:
 
 
 # Experiments whose finished run folder the report can include as a section (--separator DIR, --steer DIR,
-# --grok DIR, --ladder DIR): they run on their own data (trained models, long teacher-forced texts), not on the
-# report's trajectories.
-FINISHED_RUNS = (SEPARATOR, STEER, GROK, LADDER)
+# --grok DIR, --ladder DIR, --monitor DIR): they run on their own data (trained models, long teacher-forced texts,
+# anomaly sets), not on the report's trajectories.
+FINISHED_RUNS = (SEPARATOR, STEER, GROK, LADDER, MONITOR)
 
 
 def check_finished_folder(folder: str, experiment: str) -> None:
