@@ -31,6 +31,7 @@ PUBLIC = {
     "analyse_stp": "lagrangian_lens.analysis.stp",
     "analyse_sphere": "lagrangian_lens.analysis.sphere",
     "EnergyMonitor": "lagrangian_lens.analysis.monitor",
+    "ChangePointMonitor": "lagrangian_lens.analysis.monitor_stream",
     "SharedPotentialFit": "lagrangian_lens.mechanics.potential_fit",
     "DepthData": "lagrangian_lens.mechanics.depth_data",
     "probe_causality": "lagrangian_lens.models.own.causality",

@@ -306,6 +306,32 @@ def test_prefix_rows_equal_features_of_the_truncated_sequence(lm, conv):
         prefix_features(tr, read, conv, min_tokens=tr.n_positions + 2)
 
 
+def positions(tr: Trajectory, a: int, b: int) -> Trajectory:
+    """The trajectory of positions a .. b-1 alone (tokens a .. b), its own context one token."""
+    return dataclasses.replace(tr, token_ids=tr.token_ids[a:b + 1], states=tr.states[:, a:b],
+                               logprobs=tr.logprobs[a:b], max_logprobs=tr.max_logprobs[a:b],
+                               entropy=tr.entropy[a:b], n_context=1)
+
+
+@pytest.mark.parametrize("window", [2, 3, 5])
+def test_window_rows_equal_features_of_the_windows_own_states(lm, window):
+    model, trs = lm
+    conv, read = EnergyConventions(), readout(lm[0], "final")
+    tr = trs[2]
+    trace = prefix_features(tr, read, conv, min_tokens=4, window=window)
+    running = prefix_features(tr, read, conv, min_tokens=4)
+    assert trace.names == running.names and len(trace) == len(running)
+    for r in range(len(trace)):
+        steps = r + 2  # the prefix of r + 4 tokens holds positions 0 .. r + 2, so r + 2 steps
+        first = max(steps - window, 0)  # the window's steps [first, steps) join positions first .. steps
+        alone = sequence_features([positions(tr, first, steps + 1)], read, conv).select(trace.names)
+        assert_close(trace.values[r], alone.values[0], equal_nan=True, msg=f"window row {r}")
+        if steps <= window:  # a window holding the whole prefix is the running mean
+            assert_close(trace.values[r], running.values[r], equal_nan=True)
+    with pytest.raises(ConfigError, match=r"window: must be an int >= 2 steps .* got 1"):
+        prefix_features(tr, read, conv, min_tokens=4, window=1)
+
+
 def test_prefix_rows_skip_zero_velocity_steps_as_the_energy_table_does(lm):
     model, trs = lm
     states = trs[2].states.clone()

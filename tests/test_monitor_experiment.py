@@ -7,8 +7,10 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from lagrangian_lens.analysis.monitor import FeatureTable, auroc, tpr_at_fpr
+from lagrangian_lens.analysis.monitor_stream import ChangePointMonitor
 from lagrangian_lens.cli import main
 from lagrangian_lens.errors import ConfigError, DataError
 from lagrangian_lens.experiments import monitor as experiment
@@ -16,6 +18,8 @@ from lagrangian_lens.experiments.monitor import ANOMALIES, MonitorConfig, TextSe
 from lagrangian_lens.experiments.monitor_eval import (
     HIGHER,
     LOWER,
+    STREAM_KINDS,
+    TRACE_OF,
     UNCLEAR,
     alarm_token,
     localisation,
@@ -73,30 +77,51 @@ def test_every_number_follows_from_the_scores_on_disk(evaluated):
         assert r["verdict"] == verdict(r) and r["ci_low"] <= r["ci_high"]
 
 
+def _traces(out, run, name):
+    (path,) = (out / "features" / run).glob(f"{name}-*.safetensors")
+    return experiment._read_features(path, name)[1]
+
+
 def test_splices_are_localised_token_by_token(evaluated, tokenizer):
     out, _, run = evaluated
-    evaluation = _results(out)["models"][run]["evaluation"]
+    entry = _results(out)["models"][run]
+    evaluation = entry["evaluation"]
     scores = json.loads((out / "scores" / f"{run}.json").read_text())
     # Streaming features only: the perplexity set (mean_V streams) and the streaming set localise; energy does not.
-    assert {(r["feature_set"], r["method"]) for r in evaluation["localisation"]} == set(
-        itertools.product(("perplexity", "streaming"), METHODS))
-    for r in evaluation["localisation"]:
-        assert r["n"] == 6 and r["detected"] + r["early"] == pytest.approx(r["alarmed"], abs=1e-12)
-    # A stream monitor's threshold is its calibration on the held-out traces' worst prefixes.
-    (heldout,) = (out / "features" / run).glob("heldout-*.safetensors")
-    _, traces = experiment._read_features(heldout, "heldout")
-    for saved in (m for m in _results(out)["models"][run]["monitors"] if m["kind"] == "stream"):
+    rows = {(r["kind"], r["feature_set"], r["method"]): r for r in evaluation["localisation"]}
+    assert set(rows) == set(itertools.product(STREAM_KINDS, ("perplexity", "streaming"), METHODS))
+    traces = {name: _traces(out, run, name) for name in ("heldout", "test", "spliced")}
+    splices = scores["splice_tokens"]
+    for saved in (m for m in entry["monitors"] if m["kind"] != "sequence"):
+        kind, r = saved["kind"], rows[saved["kind"], saved["feature_set"], saved["method"]]
         monitor = load_monitor(out / saved["file"])
-        assert monitor.calibrate(worst_prefixes(monitor, traces)).threshold_ == saved["threshold"]
+        held, test, spliced = (traces[name][TRACE_OF[kind]] for name in ("heldout", "test", "spliced"))
+        # Each threshold is the calibration on one row per held-out trace, its worst (CUSUM: its peak statistic).
+        if kind == "cusum":
+            assert isinstance(monitor, ChangePointMonitor)
+            assert monitor.calibrate(held).threshold_ == saved["threshold"]
+        else:
+            assert monitor.calibrate(worst_prefixes(monitor, held)).threshold_ == saved["threshold"]
+        first = [alarm_token(monitor.first_alarm(p), 8) for p in spliced]
+        changes = [alarm_token(monitor.change_point(p), 8) for p in spliced] if kind == "cusum" else None
+        spans = [(7, 6 + len(p)) for p in spliced]
+        expected = localisation(first, splices, [alarm_token(monitor.first_alarm(p), 8) for p in test],
+                                changes=changes, spans=spans)
+        assert {k: r[k] for k in expected} == expected and r["n"] == 6
+        assert r["detected"] + r["early"] == pytest.approx(r["alarmed"], abs=1e-12)
+        peaks = [np.array([monitor.anomaly_score(p).max() for p in t]) for t in (test, spliced)]
+        assert r["auroc"] == auroc(*peaks)
     saved = json.loads(next((out / "features" / run).glob("sets-*.json")).read_text())
-    splices, ids = saved["sets"]["spliced"]["splice_tokens"], saved["sets"]["spliced"]["ids"]
-    assert scores["splice_tokens"] == splices and all(8 <= k < len(x) for k, x in zip(splices, ids))
+    ids = saved["sets"]["spliced"]["ids"]
+    assert saved["sets"]["spliced"]["splice_tokens"] == splices and all(8 <= k < len(x) for k, x in zip(splices, ids))
     head, tail = tokenizer.decode(ids[0][:splices[0]]), tokenizer.decode(ids[0][splices[0]:])
     assert saved["examples"]["spliced"] == f"{head} {experiment.SPLICE_MARK} {tail}"
-    trace = scores["traces"]["streaming"]["mahalanobis"]
-    assert trace["tokens"] == list(range(7, len(ids[0])))  # the prefix of t tokens ends at token t - 1
-    above = [t for t, s in zip(trace["tokens"], trace["scores"]) if s > trace["threshold"]]
-    assert trace["first_alarm"] == (above[0] if above else None)
+    for kind in STREAM_KINDS:
+        trace = scores["traces"][kind]["streaming"]["mahalanobis"]
+        assert trace["tokens"] == list(range(7, len(ids[0])))  # the prefix of t tokens ends at token t - 1
+        above = [t for t, s in zip(trace["tokens"], trace["scores"]) if s > trace["threshold"]]
+        assert trace["first_alarm"] == (above[0] if above else None)
+        assert (trace["change_point"] is not None) == (kind == "cusum" and trace["first_alarm"] is not None)
 
 
 def test_saved_monitors_load_back_with_identical_scores(evaluated):
@@ -107,7 +132,7 @@ def test_saved_monitors_load_back_with_identical_scores(evaluated):
     table, _ = experiment._read_features(features, "test")
     kinds = {(m["feature_set"], m["method"], m["kind"]) for m in entry["monitors"]}
     assert kinds == {*itertools.product(SETS, METHODS, ["sequence"]),
-                     *itertools.product(("perplexity", "streaming"), METHODS, ["stream"])}
+                     *itertools.product(("perplexity", "streaming"), METHODS, STREAM_KINDS)}
     for saved in entry["monitors"]:
         monitor = load_monitor(out / saved["file"])
         assert monitor.threshold_ == saved["threshold"]
@@ -152,7 +177,8 @@ def test_a_changed_setting_recomputes_only_the_sets_it_changes(evaluated, tmp_pa
     changed = MonitorConfig(**{**vars(cfg), "out": str(copy), "min_prefix_tokens": 10})  # the traces only
     run_monitor(changed, progress=False)
     new = {p.name for p in (copy / "features" / run).iterdir()} - before
-    assert len(loads) == 1 and sorted(n.split("-")[0] for n in new) == ["heldout", "spliced", "test"]
+    # Every in-distribution set carries traces (the window monitors are fitted on the calibration set's).
+    assert len(loads) == 1 and sorted(n.split("-")[0] for n in new) == ["calibration", "heldout", "spliced", "test"]
 
 
 def test_bad_options_fail_before_a_model_loads(tmp_path, tiny_dir, monkeypatch, capsys):
@@ -161,7 +187,10 @@ def test_bad_options_fail_before_a_model_loads(tmp_path, tiny_dir, monkeypatch, 
                          (["--feature-sets", "energy", "--feature-sets", "pixels"], "--feature-sets: 'pixels'"),
                          (["--target-fpr", "1.5"], "--target-fpr: must be > 0 and < 1, got 1.5"),
                          (["--tokens", "20"], "--tokens: 20 tokens leave no trace before a splice"),
-                         (["--methods", "mahalanobis", "--methods", "mahalanobis"], "--methods: ['mahalanobis', 'mahalanobis'] repeats")):
+                         (["--methods", "mahalanobis", "--methods", "mahalanobis"], "--methods: ['mahalanobis', 'mahalanobis'] repeats"),
+                         (["--feature-sets", "heat"], "--feature-sets: ['heat'] hold only the specific heat: add "
+                                                      "--specific-heat"),
+                         (["--stream-window", "1"], "--stream-window: must be >= 2")):
         code = main(["monitor", "--model", f"random:{tiny_dir}", *bad, "--out", str(tmp_path / "m")])
         err = capsys.readouterr().err.strip().splitlines()
         assert code == 2 and len(err) == 1 and err[0].startswith(f"error: {message}"), err
@@ -175,7 +204,8 @@ def test_the_cli_evaluates_and_the_report_takes_the_folder(tmp_path, tiny_dir, c
     printed = capsys.readouterr().out
     assert "shuffled" in printed and "energy beats the baseline on" in printed.lower() and "results:" in printed
     results = _results(out)
-    assert results["methods"] == ["mahalanobis"] and len(next(iter(results["models"].values()))["monitors"]) == 5
+    # 3 sequence monitors, and 3 stream kinds for each of the 2 streaming sets.
+    assert results["methods"] == ["mahalanobis"] and len(next(iter(results["models"].values()))["monitors"]) == 9
     report = tmp_path / "report"
     assert main(["report", "--model", f"random:{tiny_dir}", "--no-random-twins", "--n-prompts", "2",
                  "--new-tokens", "5", "--n-bootstrap", "10", "--n-permutations", "5", "--monitor", str(out),
@@ -208,12 +238,18 @@ def test_the_features_pass_leaves_no_hook(tiny_dir):
     lm = load_model(f"random:{tiny_dir}")
     cfg = MonitorConfig(models=[f"random:{tiny_dir}"], **SIZES)
     ids = lm.tokenizer("The castle was built in the twelfth century by the counts of the region.")["input_ids"]
-    table, prefixes = experiment.compute_features(lm, TextSet("x", [ids, ids[:12]], prefixes=True), cfg, False)
+    table, traces = experiment.compute_features(lm, TextSet("x", [ids, ids[:12]], prefixes=True), cfg, False)
     assert table.values.shape[0] == 2 and table.labels == ("x", "x")
-    assert [len(p) for p in prefixes] == [len(ids) - 8 + 1, 12 - 8 + 1]  # prefixes of t = 8 .. T tokens
+    for kind in ("prefix", "window"):
+        assert [len(p) for p in traces[kind]] == [len(ids) - 8 + 1, 12 - 8 + 1]  # prefixes of t = 8 .. T tokens
     # The whole sequence's prefix is the sequence: the trace and the table read the same pass and conventions.
-    for row, trace in enumerate(prefixes):
+    for row, trace in enumerate(traces["prefix"]):
         np.testing.assert_allclose(trace.values[-1], table.select(trace.names).values[row], rtol=1e-9, atol=1e-12)
+    # A window of stream_window = 8 steps is its whole prefix while the prefix holds <= 8 steps (t <= 10 tokens,
+    # rows 0-2), and differs once the prefix is longer.
+    window, prefix = traces["window"][0].values, traces["prefix"][0].values
+    np.testing.assert_allclose(window[:3], prefix[:3], rtol=1e-12, atol=0)
+    assert not np.isclose(window[3:], prefix[3:], rtol=1e-9, atol=0).all(axis=1).any()
     assert count_hooks(lm.model) == 0
 
 
@@ -260,6 +296,10 @@ def test_localisation_on_known_answers():
     r = localisation([None, 10, 20, 5], [12, 12, 12, 12], [None, 3])
     assert r == {"n": 4, "alarmed": 0.75, "detected": 0.25, "early": 0.5, "median_abs_error": 7.0,
                  "median_delay": 8.0, "normal_alarmed": 0.5}
+    # Change points 12, 13, 4 of the alarmed sequences err by 0, 1, 8; a uniform guess over tokens 10..14 errs by
+    # (2 + 1 + 0 + 1 + 2) / 5 = 1.2 on each (the median over the alarmed ones).
+    r = localisation([None, 10, 20, 5], [12] * 4, [None], changes=[None, 12, 13, 4], spans=[(10, 14)] * 4)
+    assert r["median_abs_change_error"] == 1.0 and r["chance_abs_error"] == pytest.approx(1.2, abs=1e-12)
     none = localisation([None, None], [9, 9], [None])
     assert none["median_abs_error"] is None and none["median_delay"] is None and none["detected"] == 0.0
 
@@ -292,3 +332,57 @@ def test_the_sentences_follow_the_verdicts():
     assert text[2].startswith("spliced: energy does not beat perplexity, which is higher (AUROC 0.5 against 0.8")
     assert text[3].startswith("tinystories: no clear difference")
     assert text[-1] == "Energy beats the baseline on 1 of 3 anomaly types."
+
+
+def test_specific_heat_is_each_sequences_attention_heat_and_joins_the_heat_and_all_sets(tmp_path, tiny_dir):
+    from lagrangian_lens.analysis.thermo import ThermoConventions, sequence_specific_heat
+    from lagrangian_lens.models import load_model
+    from lagrangian_lens.trajectories.attention import capture_attention
+
+    cfg = MonitorConfig(models=[f"random:{tiny_dir}"], out=str(tmp_path / "heat"), methods=["mahalanobis"],
+                        feature_sets=["heat", "all", "energy"], specific_heat=True,
+                        thermo=ThermoConventions(skip_query_positions=2), **SIZES)
+    results = run_monitor(cfg, progress=False)
+    (entry,) = results["models"].values()
+    assert results["feature_sets"]["heat"] == ["specific_heat"] and "specific_heat" in results["feature_sets"]["all"]
+    assert "specific_heat" not in results["feature_sets"]["energy"]
+    assert results["conventions"]["thermo_skip_query_positions"] == 2
+    by_set = {m["feature_set"]: m for m in entry["monitors"]}
+    assert by_set["heat"]["features"] == ["specific_heat"] and load_monitor(
+        tmp_path / "heat" / by_set["all"]["file"]).feature_names_[-1] == "specific_heat"
+    saved = json.loads(next((tmp_path / "heat" / "features" / entry["run"]).glob("sets-*.json")).read_text())
+    (path,) = (tmp_path / "heat" / "features" / entry["run"]).glob("heldout-*.safetensors")
+    table, _ = experiment._read_features(path, "heldout")
+    lm = load_model(f"random:{tiny_dir}")
+    expected = [sequence_specific_heat(capture_attention(lm.model, torch.tensor(ids[:-1]))[0], cfg.thermo)
+                for ids in saved["sets"]["heldout"]["ids"]]  # the positions a trajectory holds: all tokens but the last
+    np.testing.assert_allclose(table.select(("specific_heat",)).values[:, 0], expected, rtol=1e-5, atol=1e-7)
+
+
+def test_a_model_is_compared_with_its_random_twin_on_the_same_sequences(tmp_path, tokenizer):
+    from lagrangian_lens.experiments.monitor_report import twin_rows
+
+    from .conftest import tiny_model
+
+    trained_dir = tmp_path / "tiny-trained"  # a model with weights of its own (a stand-in for trained ones)
+    tiny_model("llama", seed=7).save_pretrained(trained_dir)
+    tokenizer.save_pretrained(trained_dir)
+    out = tmp_path / "twins"
+    cfg = MonitorConfig(models=[str(trained_dir), f"random:{trained_dir}"], out=str(out), methods=["mahalanobis"],
+                        feature_sets=["energy", "perplexity"], evaluate=True, **SIZES)
+    results = run_monitor(cfg, progress=False)
+    trained, twin = results["models"]
+    (pair,) = results["twins"]
+    assert (pair["trained"], pair["twin"]) == (trained, twin)
+    sets = [json.loads(next((out / "features" / run).glob("sets-*.json")).read_text())["sets"] for run in (trained, twin)]
+    assert sets[0] == sets[1]  # one tokenizer: the same token ids, so the comparison is paired
+    scores = [json.loads((out / "scores" / f"{run}.json").read_text())["sets"] for run in (trained, twin)]
+    rows = {(r["feature_set"], r["anomaly"]): r for r in pair["comparison"]}
+    assert set(rows) == set(itertools.product(("energy", "perplexity"), ANOMALIES))
+    for (fs, kind), r in rows.items():
+        a, b = (s[fs]["mahalanobis"] for s in scores)
+        expected = paired_auroc_difference(np.array(a["test"]), np.array(a[kind]), np.array(b["test"]),
+                                           np.array(b[kind]), n_boot=50, seed=0)
+        assert {k: r[k] for k in expected} == expected and r["verdict"] == verdict(expected)
+    table = twin_rows(results)
+    assert len(table) == 1 + len(rows) and table[0][-1] == "separates"

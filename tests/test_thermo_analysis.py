@@ -9,7 +9,13 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from lagrangian_lens.analysis.thermo import REPLICATED, AttentionScores, ThermoConventions, analyse_thermo
+from lagrangian_lens.analysis.thermo import (
+    REPLICATED,
+    AttentionScores,
+    ThermoConventions,
+    analyse_thermo,
+    sequence_specific_heat,
+)
 from lagrangian_lens.errors import ConfigError, TrajectoryError
 from lagrangian_lens.mechanics.stats import resample_indices
 from lagrangian_lens.trajectories.attention import capture_attention
@@ -140,6 +146,18 @@ def test_replicates_are_the_resamples_behind_the_model_means_intervals():
     unresampled = analyse_thermo(caps, ThermoConventions(sink_positions=()), n_boot=0).replicates
     assert set(unresampled) == {f"mean_{q}" for q in REPLICATED if q != "sink_mass"}  # no sinks, no sink mass
     assert all(p["draws"].shape == (0,) and p["units"].shape == (len(caps),) for p in unresampled.values())
+
+
+@pytest.mark.parametrize("conv", [ThermoConventions(), ThermoConventions(sinks="exclude", skip_query_positions=2),
+                                  ThermoConventions(ensemble_temperature=0.5, sink_positions=())],
+                         ids=["default", "exclude-sinks-skip-2", "T=0.5-no-sinks"])
+def test_sequence_specific_heat_is_the_analysis_unit_of_the_sequence(conv):
+    caps = [random_capture(seed, T) for seed, T in enumerate(LENGTHS)]
+    units = analyse_thermo(caps, conv, n_boot=0).replicates["mean_specific_heat"]["units"]
+    got = [sequence_specific_heat(c, conv) for c in caps]
+    assert_close(torch.tensor(got, **F64), torch.from_numpy(units), rtol=1e-12, atol=0)
+    logp = [sequence_specific_heat(as_log_probabilities(c), conv) for c in caps]  # shift-invariant: the same C
+    assert_close(torch.tensor(logp, **F64), torch.from_numpy(units), rtol=1e-5, atol=1e-6)
 
 
 def assert_same_analysis(a, b):

@@ -18,7 +18,7 @@ from lagrangian_lens.experiments.definitions import undefined
 from lagrangian_lens.experiments.runner import load_replicates
 from lagrangian_lens.experiments.thermo_report import ARRAYS_FILE, DETAIL, HEADLINE, report_section
 from lagrangian_lens.mechanics.thermo import attention_thermo
-from lagrangian_lens.trajectories import count_hooks, load_trajectories
+from lagrangian_lens.trajectories import attention, count_hooks, load_trajectories
 from lagrangian_lens.trajectories.attention import capture_attention
 
 from .conftest import TEXTS, tiny_model
@@ -94,10 +94,10 @@ def test_captures_stream_batch_by_batch_and_equal_each_sequence_alone(tokenizer,
     model = tiny_model("llama", seed=4)
     trajectories = ll.extract(model, tokenizer, TEXTS)
     batches = []  # the rows of every batch captured so far
-    capture = thermo.capture_attention
-    monkeypatch.setattr(thermo, "capture_attention",
+    capture = attention.capture_attention
+    monkeypatch.setattr(attention, "capture_attention",
                         lambda m, ids, *a, **kw: batches.append(len(ids)) or capture(m, ids, *a, **kw))
-    captures = thermo.iter_captures(model, trajectories, batch_size=2)
+    captures = attention.iter_captures(model, trajectories, batch_size=2)
     assert batches == []  # nothing is captured before the analysis asks
     first = next(captures)
     assert batches == [2]  # the second batch waits until the first is consumed

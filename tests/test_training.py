@@ -128,8 +128,9 @@ def test_ddp_on_two_cpu_processes_keeps_the_weights_identical(corpus, tmp_path):
     out.mkdir()
     worker = Path(__file__).with_name("ddp_worker.py")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(worker),
-                    str(out), corpus], check=True, env=env, capture_output=True, timeout=300)
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           str(worker), str(out), corpus], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, f"torchrun exited {done.returncode}:\n{done.stderr[-4000:]}"
     ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert ranks[0]["param_fingerprint"] == ranks[1]["param_fingerprint"]
     assert ranks[0]["train_loss"] == ranks[1]["train_loss"]  # the logged loss is the mean across ranks

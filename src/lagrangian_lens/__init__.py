@@ -40,9 +40,10 @@ _EXPORTS = {
     "attention_thermo": "lagrangian_lens.mechanics.thermo",
     "analyse_thermo": "lagrangian_lens.analysis.thermo",
     "EnergyMonitor": "lagrangian_lens.analysis.monitor",
+    "ChangePointMonitor": "lagrangian_lens.analysis.monitor_stream",
 }
 
-__all__ = ["DepthData", "EnergyMonitor", "LoadedModel", "ModelSpec", "SharedPotentialFit", "Site", "SteeringResult",
+__all__ = ["ChangePointMonitor", "DepthData", "EnergyMonitor", "LoadedModel", "ModelSpec", "SharedPotentialFit", "Site", "SteeringResult",
            "Trajectory", "__version__", "analyse_energy", "analyse_sphere", "analyse_stp", "analyse_thermo",
            "attention_thermo", "extract", "generate", "jacobian_steer", "load_model", "probe_causality", "readout",
            "steer_generate"]
@@ -76,6 +77,7 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:  # static tools see the real names
     from .analysis.energy import analyse_energy
     from .analysis.monitor import EnergyMonitor
+    from .analysis.monitor_stream import ChangePointMonitor
     from .analysis.sphere import analyse_sphere
     from .analysis.stp import analyse_stp
     from .analysis.thermo import analyse_thermo

@@ -1,7 +1,8 @@
 """The energy anomaly monitor: a density model of per-sequence energy features with a calibrated threshold, its
 persistence as plain arrays, and the AUROC and TPR-at-FPR of anomaly scores (no I/O).
 
-The features come from ``analysis.monitor_features`` (re-exported here). ``EnergyMonitor`` follows scikit-learn's
+The features come from ``analysis.monitor_features`` (re-exported here); change-point detection along a
+sequence's window trace is ``analysis.monitor_stream.ChangePointMonitor``. ``EnergyMonitor`` follows scikit-learn's
 conventions: settings in ``__init__``, learned attributes ending in ``_``, ``score_samples`` higher = more normal,
 ``predict`` +1 inlier / -1 anomaly. Features are standardised with the fit set's mean and std (a constant feature
 keeps scale 1, as ``StandardScaler`` does), then scored by one scikit-learn density model:

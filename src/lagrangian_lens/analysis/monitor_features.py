@@ -48,6 +48,7 @@ FEATURE_SETS: dict[str, tuple[str, ...]] = {
     "perplexity": ("mean_V",),  # the baseline the energy features have to beat
     "all": tuple(FEATURES),  # a monitor asking for "all" takes the ones its fit table holds (see EnergyMonitor)
     "streaming": ("mean_H", "cv_H", "drift_H", "mean_K", "mean_V", "mean_entropy", "stp_normal_acc"),
+    "heat": ("specific_heat",),  # the attention's specific heat alone (it needs the attention capture)
 }
 # Feature -> the energy metric of analyse_energy that defines it, taken on one sequence's row.
 ENERGY_METRIC = {"mean_H": "mean_log_energy", "cv_H": "avg_trajectory_cv", "drift_H": "drift_h",
@@ -149,22 +150,28 @@ def _running(x: torch.Tensor) -> torch.Tensor:
 
 
 def prefix_features(trajectory: Trajectory, readout: Callable | None, conv: EnergyConventions, *,
-                    min_tokens: int = 8) -> FeatureTable:
+                    min_tokens: int = 8, window: int | None = None) -> FeatureTable:
     """The ``streaming`` features of every prefix of one sequence: row r reads the tokens < r + ``min_tokens``.
 
-    Rows run over prefixes of t = min_tokens .. T+1 tokens (the last row is the whole sequence, equal to its
-    ``sequence_features`` on these columns); a prefix of t tokens holds positions 0 .. t-2, so its steps and
-    triplets are those of the whole sequence that end before position t-1. Each column comes from running sums
-    over steps (the CV's second moment taken about the first valid value, against cancellation), so the trace costs
-    one pass. ``readout`` is not called: the streaming features need only the states and log-probabilities (the
-    argument keeps the signature of ``sequence_features``). ``min_tokens`` must leave every prefix 3 states in the
-    analysed span (two steps for the CV, one triplet for STP).
+    Rows run over prefixes of t = min_tokens .. T+1 tokens; a prefix of t tokens holds positions 0 .. t-2, so its
+    steps and triplets are those of the whole sequence that end before position t-1. ``window`` None: each row
+    pools every step of its prefix (the last row is the whole sequence, equal to its ``sequence_features`` on these
+    columns). ``window`` W: each row pools only its prefix's last W steps (fewer while the prefix holds fewer), the
+    ΔH pairs and triplets inside them, so a change in the text shows at full strength W steps after it instead of
+    diluted by everything read before. Each column comes from running sums over steps (the CV's second moment taken
+    about the first valid value, against cancellation), so the trace costs one pass. ``readout`` is not called:
+    the streaming features need only the states and log-probabilities (the argument keeps the signature of
+    ``sequence_features``). ``min_tokens`` must leave every prefix 3 states in the analysed span (two steps for the
+    CV, one triplet for STP); ``window`` must be >= 2 steps for the same reason.
     """
     sl = _span(trajectory, conv)
     lowest, n_tokens = sl.start + 4, trajectory.n_positions + 1
     if not lowest <= min_tokens <= n_tokens:
         raise ConfigError("min_tokens", f"must be in [{lowest}, {n_tokens}] for this trajectory ({n_tokens} tokens, "
                                         f"span from position {sl.start}): every prefix needs 3 states in the span")
+    if window is not None and (isinstance(window, bool) or not isinstance(window, int) or window < 2):
+        raise ConfigError("window", f"must be an int >= 2 steps (two steps for the CV, one triplet), or None for "
+                                    f"running means from the start; got {window!r}")
     h = trajectory.at(conv.site)[sl]  # (S, d)
     logp = trajectory.logprobs if conv.ppl == "realized" else trajectory.max_logprobs
     series = energy_series(h, -logp[sl], conv.zero_velocity_rtol)  # n = S - 1 steps
@@ -172,37 +179,40 @@ def prefix_features(trajectory: Trajectory, readout: Callable | None, conv: Ener
     k, v = series.log_kinetic.cpu(), series.log_ppl.cpu()
     h_steps = (k + v).masked_fill(~valid, math.nan)  # (n,)
     x = h_steps if conv.energy_scale == "log" else torch.exp(h_steps)
-    # Prefix of t tokens: n_t = t - 2 - span start steps; row r is t = min_tokens + r.
-    steps = torch.arange(min_tokens, n_tokens + 1) - 2 - sl.start  # (R,)
+    # Prefix of t tokens: steps [first, hi) with hi = t - 2 - span start; row r is t = min_tokens + r.
+    hi = torch.arange(min_tokens, n_tokens + 1) - 2 - sl.start  # (R,)
+    first = torch.zeros_like(hi) if window is None else (hi - window).clamp_min(0)  # (R,)
 
-    count = _running(valid.double())[steps]
+    def pooled(y: torch.Tensor, end: torch.Tensor) -> torch.Tensor:  # (R,) sum of y over [first, end)
+        sums = _running(y)
+        return sums[end] - sums[first]
 
-    def mean_of(y: torch.Tensor) -> torch.Tensor:  # (R,) running mean of y over the valid steps
-        return _running(torch.where(valid, y, 0.0))[steps] / count
+    count = pooled(valid.double(), hi)
+
+    def mean_of(y: torch.Tensor) -> torch.Tensor:  # (R,) mean of y over the row's valid steps
+        return pooled(torch.where(valid, y, 0.0), hi) / count
 
     shift = x[valid][0] if bool(valid.any()) else torch.tensor(0.0, dtype=torch.float64)
     dx = torch.where(valid, x - shift, 0.0)
-    m1, m2 = _running(dx)[steps] / count, _running(dx.square())[steps] / count
+    m1, m2 = pooled(dx, hi) / count, pooled(dx.square(), hi) / count
     cv = (m2 - m1.square()).clamp_min(0).sqrt() / (m1 + shift).abs()
     cv = cv.masked_fill(count < 2, math.nan)
 
     dh = h_steps[1:] - h_steps[:-1]  # (n - 1,) NaN unless both steps are valid
     moved = torch.nan_to_num(dh, nan=0.0)
-    total, rise = _running(moved.abs())[steps - 1], _running(moved)[steps - 1]  # ΔH_j needs steps j, j + 1 < n_t
+    total, rise = pooled(moved.abs(), hi - 1), pooled(moved, hi - 1)  # ΔH_j needs steps j, j + 1 < hi
     drift = torch.where(total > 0, rise / torch.where(total > 0, total, 1.0), 0.0)
 
     if trajectory.entropy is None:
-        entropy = torch.full(steps.shape, math.nan, dtype=torch.float64)
-    else:
-        entropy = _running(trajectory.entropy[sl][1:].double().cpu())[steps] / steps  # entropy at the steps' positions
+        entropy = torch.full(hi.shape, math.nan, dtype=torch.float64)
+    else:  # the entropy at the steps' end positions
+        entropy = pooled(trajectory.entropy[sl][1:].double().cpu(), hi) / (hi - first)
 
-    kin = triplet_kinematics(h)  # (S - 2,) triplet j ends at state j + 2, so a prefix of n_t steps holds n_t - 1
+    kin = triplet_kinematics(h)  # (S - 2,) triplet j spans steps j, j + 1: a row holds triplets [first, hi - 1)
     ok = kin["valid"].cpu()
-    n_triplets = _running(ok.double())[steps - 1]
-    normal = _running(torch.where(ok, kin["a_perp_norm"].cpu(), 0.0))[steps - 1] / n_triplets
+    normal = pooled(torch.where(ok, kin["a_perp_norm"].cpu(), 0.0), hi - 1) / pooled(ok.double(), hi - 1)
 
     columns = {"mean_H": mean_of(k + v), "cv_H": cv, "drift_H": drift, "mean_K": mean_of(k), "mean_V": mean_of(v),
                "mean_entropy": entropy, "stp_normal_acc": normal}
     names = FEATURE_SETS["streaming"]
     return FeatureTable(torch.stack([columns[n] for n in names], 1).numpy(), names)
-

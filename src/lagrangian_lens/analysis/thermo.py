@@ -167,19 +167,39 @@ LOG_PROBABILITY_ENSEMBLE = ("E_j = −ln p_j + c (c = −ln Z unknown, one per q
                             "visible keys; a key with p = 0 (float underflow) carries no weight but counts in n")
 
 
-def _sequence_terms(r: AttentionScores, conv: ThermoConventions) -> tuple[dict[str, PooledMeans], dict]:
-    """One sequence's pooled cells per quantity ((L, H) sums and counts), and its curve and profile sums."""
+def _selection(r: AttentionScores, conv: ThermoConventions):
+    """(weighed, keep, sink, mask): the keys that carry weight, the query rows kept in the means, the sink keys and
+    the headline's keys of one sequence."""
     s, visible, pos = r.scores, r.mask, r.token_positions  # (L, H, T, T), (L, H, T, T), (T,)
     # Log-probabilities are −inf where p underflowed to 0: such a key weighs nothing, yet it counts in n (S / ln n)
     # and in the pairs by key distance, as it would with the scores.
     weighed = visible if r.scores_known else visible & torch.isfinite(s)
     keep = pos >= conv.skip_query_positions  # (T,) rows in the means
     sink = torch.isin(pos, torch.tensor(conv.sink_positions, dtype=torch.long, device=pos.device))  # (T,) keys
-    mask = visible & ~sink if conv.sinks == "exclude" else visible
+    return weighed, keep, sink, visible & ~sink if conv.sinks == "exclude" else visible
+
+
+def _ensemble(r: AttentionScores, keys: torch.Tensor, weighed: torch.Tensor, temperature):
+    th = attention_thermo(r.scores, keys & weighed, temperature)
+    return th if r.scores_known else dataclasses.replace(th, n_visible=keys.sum(-1))
+
+
+def sequence_specific_heat(capture: AttentionScores, conv: ThermoConventions) -> float:
+    """One sequence's headline ⟨C⟩ at ``conv.ensemble_temperature``, pooled over its layers, heads and kept query
+    rows: exactly its unit of ``analyse_thermo(...).replicates["mean_specific_heat"]["units"]``, without the C(T)
+    sweep and the views that analysis also computes (a small fraction of its cost)."""
+    weighed, keep, _, mask = _selection(capture, conv)
+    cells = reduce_rows(_ensemble(capture, mask, weighed, conv.ensemble_temperature).C[:, None], keep)
+    return float(cells.sums.sum() / cells.counts.sum())
+
+
+def _sequence_terms(r: AttentionScores, conv: ThermoConventions) -> tuple[dict[str, PooledMeans], dict]:
+    """One sequence's pooled cells per quantity ((L, H) sums and counts), and its curve and profile sums."""
+    s, visible, pos = r.scores, r.mask, r.token_positions  # (L, H, T, T), (L, H, T, T), (T,)
+    weighed, keep, sink, mask = _selection(r, conv)
 
     def ensemble(keys, temperature=conv.ensemble_temperature):
-        th = attention_thermo(s, keys & weighed, temperature)
-        return th if r.scores_known else dataclasses.replace(th, n_visible=keys.sum(-1))
+        return _ensemble(r, keys, weighed, temperature)
 
     def cells(th, rows=keep, suffix=""):
         return {name + suffix: reduce_rows(getattr(th, prop)[:, None], rows) for name, prop in QUANTITIES.items()}

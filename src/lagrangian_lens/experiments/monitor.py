@@ -2,22 +2,21 @@
 measure how well it tells in-distribution text from anomalous text, beside the perplexity baseline.
 
 Per model, every sequence goes through the model once, teacher-forced, and its trajectory at the energy site
-becomes one row of features (``analysis.monitor.sequence_features``). The WikiText-2 test openings holding at
-least ``tokens`` tokens, in a seeded order, are split into the fit set (``n_calibration``), the threshold set
-(``n_heldout``), the in-distribution test set (``n_test``) and the sources of the anomalies (``n_anomalies``,
-``data.anomalies``). The folder::
+becomes one row of features (``analysis.monitor.sequence_features``), plus its attention's specific heat with
+``specific_heat`` (a second, capturing forward). The sets (``monitor_sets``): WikiText-2 paragraphs for the fit,
+the threshold and the test, and six kinds of anomaly. The folder::
 
     DIR/run.json, DIR/results.json (rewritten after every stage of every model), DIR/figures/
-    DIR/monitor/<run>/<feature set>__<method>[__stream].safetensors + .json   each monitor (EnergyMonitor.state())
+    DIR/monitor/<run>/<feature set>__<method>[__<stream kind>].safetensors + .json   each monitor (its state())
     DIR/features/<run>/sets-<key>.json              the token ids of every set (keyed by the recipe)
-    DIR/features/<run>/<set>-<key>.safetensors      each set's features (and prefix traces), keyed by its content
+    DIR/features/<run>/<set>-<key>.safetensors      each set's features (and traces), keyed by its content
     DIR/scores/<run>.json                           the anomaly scores behind every number (with --evaluate)
 
-A sequence monitor scores whole sequences; a ``__stream`` monitor (streaming feature sets only) scores the
-prefixes of one sequence token by token, its threshold set on the held-out traces. A feature file's key is the
-model's identity, the set's exact token ids and every setting the features read, so a resumed run reuses finished
-sets and a changed setting recomputes only what it changes. Fitting and evaluation are in :mod:`.monitor_eval`;
-tables, figures and the report section in :mod:`.monitor_report`.
+A sequence monitor scores whole sequences; a stream monitor (streaming feature sets only; kinds ``prefix``,
+``window`` and ``cusum``, see ``monitor_eval``) scores one sequence token by token, its threshold set on the
+held-out traces. A feature file's key is the model's identity, the set's exact token ids and every setting the
+features read, so a resumed run reuses finished sets and a changed setting recomputes only what it changes.
+Fitting and evaluation are in :mod:`.monitor_eval`; tables, figures and the report section in :mod:`.monitor_report`.
 """
 from __future__ import annotations
 
@@ -31,6 +30,7 @@ from pathlib import Path
 import numpy as np
 from safetensors import safe_open
 from safetensors.numpy import load_file, save_file
+from tqdm.auto import tqdm
 
 from ..analysis.energy import EnergyConventions
 from ..analysis.monitor import (
@@ -42,41 +42,48 @@ from ..analysis.monitor import (
     prefix_features,
     sequence_features,
 )
+from ..analysis.monitor_stream import DRIFT, ChangePointMonitor
+from ..analysis.monitor_stream import STATE_FORMAT as CHANGE_POINT_FORMAT
+from ..analysis.thermo import ThermoConventions, sequence_specific_heat
 from ..checks import check_choice, check_device, check_range
 from ..data import anomalies
-from ..data.anomalies import (
-    first_tokens_text,
-    other_domain,
-    random_characters,
-    repeated_phrase,
-    shuffled_tokens,
-    splice,
-    token_at,
-)
 from ..data.corpora import read_corpus
-from ..data.prompts import wikitext_openings
-from ..errors import ConfigError, DataError, LensError
+from ..errors import ConfigError, LensError
 from ..models import DEFAULT_MODEL, load_model
 from ..models.pretrained.loading import DTYPES, resolve_device
 from ..models.spec import ModelSpec
 from ..provenance import claim_run_folder, environment, read_json, write_json
 from ..trajectories import expand_sites, extract, readout
-from .monitor_eval import evaluate, fit_monitors, fit_stream_monitors
+from ..trajectories.attention import iter_captures
+from .monitor_eval import STREAM_KINDS, evaluate, fit_monitors, fit_stream_monitors, twin_comparison
 from .monitor_report import monitor_figures, report_section, summary
+from .monitor_sets import (
+    ANOMALIES,
+    CALIBRATION,
+    CHARS_PER_TOKEN,
+    CORPUS_OF,
+    HELDOUT,
+    RECIPE,
+    SETS_VERSION,
+    SPLICE_MARK,
+    SPLICED,
+    TEST,
+    WIKITEXT,
+    TextSet,
+    build_sets,
+    cached_sets,
+)
 from .registry import Experiment, register
 from .runner import digest
 
-CALIBRATION, HELDOUT, TEST = "calibration", "heldout", "test"
-SPLICED = "spliced"
-ANOMALIES = ("shuffled", "random_characters", "repeated_phrase", "tinystories", "tiny_shakespeare", SPLICED)
-CORPUS_OF = {"tinystories": "tinystories", "tiny_shakespeare": "tiny-shakespeare"}
-WIKITEXT = "wikitext-2-test"
-SPLICE_MARK = "⟦splice⟧"  # where the pasted text starts, in the spliced example the report shows
-CHARS_PER_TOKEN = 6  # random characters drawn per token asked: random text takes about 1-2 characters per token
-# Raised when a set's recipe or its features change meaning: older caches are then rebuilt, never reused.
-SETS_VERSION, FEATURES_VERSION = 1, 1
-RECIPE = ("tokens", "n_calibration", "n_heldout", "n_test", "n_anomalies", "seed", "splice_cut", "splice_from",
-          "phrase_words", "random_chars_per_token")  # the conventions the sets' token ids depend on
+__all__ = ["ANOMALIES", "SPLICE_MARK", "MonitorConfig", "TextSet", "build_sets", "compute_features", "load_monitor",
+           "run_monitor", "save_monitor"]
+
+# Raised when the features change meaning: older feature files are then rebuilt, never reused. 2: window traces
+# and the specific heat.
+FEATURES_VERSION = 2
+HEAT = "specific_heat"
+TRACES = ("prefix", "window")  # the traces of a set with prefixes: running means, and the last stream_window steps
 
 
 @dataclass
@@ -87,7 +94,9 @@ class MonitorConfig:
     together, so ~10 minutes, plus about a minute to load the model, build the sets and fit the monitors."""
 
     CHOICES = {"methods": METHODS, "feature_sets": tuple(FEATURE_SETS), "dtype": tuple(DTYPES)}
-    FIXED = frozenset({"span"})  # every position is analysed (one context token), so the span has no effect
+    # Every position is analysed (one context token), so the span has no effect; the specific heat is read at the
+    # ensemble temperature only, so the C(T) sweep's grid has none either.
+    FIXED = frozenset({"span", "temperatures"})
 
     models: list[str] = field(default_factory=lambda: [DEFAULT_MODEL])
     """Model specs: alias, hub id, local directory, .gguf path, or random:<spec>; one monitor (per set and method) each."""
@@ -105,11 +114,17 @@ class MonitorConfig:
     """Density models of the monitor: one monitor per method and feature set."""
     feature_sets: list[str] = field(default_factory=lambda: ["energy", "perplexity", "streaming"])
     """Feature sets (analysis.monitor.FEATURE_SETS): 'perplexity' is the baseline; a set of streaming features also
-    localises splices. Specific heat needs the attention capture, which this experiment does not run: 'all' leaves it out."""
+    localises splices; 'heat' needs --specific-heat, and 'all' holds the specific heat only with it."""
     target_fpr: float = 0.05
     """False-positive rate the threshold is calibrated to on the held-out paragraphs, and the FPR of the TPR reported."""
     min_prefix_tokens: int = 16
     """The token-by-token trace starts at prefixes of this many tokens (shorter prefixes are too noisy to score)."""
+    stream_window: int = 8
+    """Steps in each window of the window and change-point (CUSUM) stream monitors; the prefix monitor pools every step read so far."""
+    cusum_drift: float = DRIFT
+    """The change-point monitor's CUSUM drift, in standard deviations of its window score: it accumulates only rises above it."""
+    specific_heat: bool = False
+    """Also capture every layer's attention and add each sequence's specific heat ⟨C⟩ (feature sets 'heat', 'all')."""
     n_bootstrap: int = 1000
     """Bootstrap resamples of sequences for the interval of each AUROC difference, energy against perplexity (0: none)."""
     evaluate: bool = False
@@ -117,6 +132,8 @@ class MonitorConfig:
     conventions: EnergyConventions = field(default_factory=lambda: EnergyConventions(attractor_max_segments=32))
     """The energy conventions (site, ppl, ...). Every sequence is analysed alone, so attractor_max_segments caps the
     attractor test per sequence: 32 of its ~127 segments (seeded), an unbiased mean at a quarter of the read-outs."""
+    thermo: ThermoConventions = field(default_factory=ThermoConventions)
+    """The specific heat's conventions (ensemble temperature, sink keys, skipped queries), with --specific-heat."""
     seed: int = 0
     """Seeds the split of the paragraphs, the anomaly builders, the monitors and the bootstrap."""
     batch_size: int = 16
@@ -146,6 +163,8 @@ class MonitorConfig:
             raise ConfigError("tokens", f"{self.tokens} tokens leave no trace before a splice (placed at 35-65 % of "
                                         f"the text): give at least 4 × min_prefix_tokens = {4 * self.min_prefix_tokens}")
         check_range("target_fpr", float(self.target_fpr), low=0, high=1, low_open=True, high_open=True)
+        check_range("stream_window", self.stream_window, low=2)  # 2 steps: one for the CV's spread, one triplet
+        check_range("cusum_drift", float(self.cusum_drift), low=0, high=float("inf"), high_open=True)
         check_range("n_bootstrap", self.n_bootstrap, low=0)
         check_range("batch_size", self.batch_size, low=1)
         check_range("seed", self.seed, low=0)
@@ -159,6 +178,10 @@ class MonitorConfig:
                 check_choice(name, v, self.CHOICES[name])
         check_choice("dtype", self.dtype, tuple(DTYPES))
         check_device("device", self.device)
+        empty = [fs for fs in self.feature_sets if not feature_names(fs, self.specific_heat)]
+        if empty:
+            raise ConfigError("feature_sets", f"{empty} hold only the specific heat: add --specific-heat (it captures "
+                                              "the attention), or leave them out")
 
     @property
     def needed_sets(self) -> tuple[str, ...]:
@@ -166,109 +189,44 @@ class MonitorConfig:
         return (CALIBRATION, HELDOUT, *((TEST, *ANOMALIES) if self.evaluate else ()))
 
 
-def feature_names(feature_set: str) -> tuple[str, ...]:
-    """The features of a named set, without the specific heat (no attention capture here)."""
-    return tuple(n for n in FEATURE_SETS[feature_set] if n != "specific_heat")
+def feature_names(feature_set: str, specific_heat: bool) -> tuple[str, ...]:
+    """The features of a named set; without ``specific_heat`` (no attention capture) the specific heat is left out."""
+    return tuple(n for n in FEATURE_SETS[feature_set] if specific_heat or n != HEAT)
 
 
 def streams(feature_set: str) -> bool:
     """Whether every feature of the set updates token by token (so its monitor can localise a splice)."""
-    return set(feature_names(feature_set)) <= set(FEATURE_SETS["streaming"])
-
-
-@dataclass
-class TextSet:
-    """One set of sequences the monitor scores: the token ids the model reads, and where each splice is."""
-
-    name: str
-    ids: list[list[int]]  # (N,) token ids per sequence, each at most the run's ``tokens`` long
-    splice_tokens: list[int] | None = None  # (N,) spliced sets: index of the first token of the pasted text
-    prefixes: bool = False  # also compute the streaming features of every prefix (the token-by-token trace)
-
-    def __post_init__(self):
-        if not self.ids:
-            raise DataError(f"the {self.name} set is empty; ask for at least 2 sequences")
-        short = [i for i, x in enumerate(self.ids) if len(x) < 3]
-        if short:
-            raise DataError(f"the {self.name} set's sequences {short[:10]} hold fewer than 3 tokens: no energy step")
-        if self.splice_tokens is not None and len(self.splice_tokens) != len(self.ids):
-            raise DataError(f"the {self.name} set has {len(self.ids)} sequences but {len(self.splice_tokens)} splices")
-
-    def record(self) -> dict:
-        return {"ids": self.ids, "splice_tokens": self.splice_tokens, "prefixes": self.prefixes}
-
-
-def build_sets(cfg: MonitorConfig, tokenizer) -> tuple[dict[str, TextSet], dict[str, str]]:
-    """Every set of the run ({name: TextSet}) and the text of each set's first sequence (for the report)."""
-    n = cfg.tokens
-    n_tokens = lambda text: len(tokenizer(text, add_special_tokens=True)["input_ids"])  # noqa: E731
-    encode = lambda text: tokenizer(text, add_special_tokens=True)["input_ids"][:n]  # noqa: E731
-    pool = [p for p in wikitext_openings(read_corpus(WIKITEXT)) if n_tokens(p) >= n]
-    sizes = (cfg.n_calibration, cfg.n_heldout, cfg.n_test, cfg.n_anomalies)
-    if len(pool) < sum(sizes):
-        raise DataError(f"{WIKITEXT} has {len(pool)} paragraphs of at least {n} tokens, {sum(sizes)} needed "
-                        f"(calibration, held-out, test and anomaly sources {sizes}); ask for fewer or shorter",
-                        options=("n_calibration", "n_heldout", "n_test", "n_anomalies", "tokens"))
-    order = np.random.default_rng(cfg.seed).permutation(len(pool))  # articles and sections mixed in every part
-    ends = np.cumsum(sizes)
-    parts = [[pool[i] for i in order[a:b]] for a, b in zip((0, *ends[:-1]), ends)]
-    sets = {name: TextSet(name, [encode(p) for p in part], prefixes=name != CALIBRATION)
-            for name, part in zip((CALIBRATION, HELDOUT, TEST), parts)}
-    sources, seeds = parts[3], [(cfg.seed, i) for i in range(cfg.n_anomalies)]
-    sets["shuffled"] = TextSet("shuffled", [shuffled_tokens(p, tokenizer, s, max_tokens=n)
-                                            for p, s in zip(sources, seeds)])
-    sets["random_characters"] = TextSet("random_characters",
-                                        [encode(random_characters(CHARS_PER_TOKEN * n, s)) for s in seeds])
-    sets["repeated_phrase"] = TextSet("repeated_phrase", [encode(repeated_phrase(p, s)) for p, s in zip(sources, seeds)])
-    for name, corpus in CORPUS_OF.items():
-        passages = other_domain(corpus, cfg.n_anomalies, cfg.seed, accept=lambda p: n_tokens(p) >= n)
-        sets[name] = TextSet(name, [encode(p) for p in passages])
-    spliced, where = [], []
-    for i, (a, s) in enumerate(zip(sources, seeds)):
-        # a is cut inside the window of its first n tokens; b, another source, fills the rest of the window.
-        text, offset = splice(first_tokens_text(tokenizer, a, n), sources[(i + 1) % len(sources)], s)
-        spliced.append(encode(text))
-        where.append(token_at(tokenizer, text, offset))
-    sets[SPLICED] = TextSet(SPLICED, spliced, splice_tokens=where, prefixes=True)
-    examples = {name: tokenizer.decode(s.ids[0]) for name, s in sets.items()}
-    head, k = spliced[0], where[0]
-    examples[SPLICED] = f"{tokenizer.decode(head[:k])} {SPLICE_MARK} {tokenizer.decode(head[k:])}"
-    return sets, examples
-
-
-def _cached_sets(folder: Path, recipe: dict, cfg: MonitorConfig, model) -> tuple[dict[str, TextSet], dict, dict]:
-    """(sets, examples, model description when the model was loaded for them), built once per recipe."""
-    path = folder / f"sets-{digest(recipe)}.json"
-    if path.is_file():
-        saved = read_json(path)
-        return ({k: TextSet(k, v["ids"], v["splice_tokens"], v["prefixes"]) for k, v in saved["sets"].items()},
-                saved["examples"], saved["model_description"])
-    lm = model()
-    sets, examples = build_sets(cfg, lm.tokenizer)
-    description = lm.description.to_dict()
-    write_json(path, {"recipe": recipe, "sets": {k: s.record() for k, s in sets.items()}, "examples": examples,
-                      "model_description": description})
-    return sets, examples, description
+    return set(FEATURE_SETS[feature_set]) <= set(FEATURE_SETS["streaming"])
 
 
 def compute_features(lm, text_set: TextSet, cfg: MonitorConfig, progress: bool):
-    """(the set's feature table, each sequence's prefix table or None): one teacher-forced pass per sequence."""
+    """(the set's feature table, its traces {"prefix" | "window": one per sequence} or None): one teacher-forced
+    pass per sequence, and one attention capture per sequence with ``specific_heat``."""
     (site,) = expand_sites(lm.model, cfg.conventions.site)  # canonical ('block.-1' -> 'block.29'), range checked
     conv = dataclasses.replace(cfg.conventions, site=site)
     trajectories = extract(lm.model, lm.tokenizer, text_set.ids, sites=site, n_context=1,
                            batch_size=cfg.batch_size, progress=progress, metadata={"set": text_set.name})
     read = readout(lm.model, site)
-    table = sequence_features(trajectories, read, conv, seed=cfg.seed, device=next(lm.model.parameters()).device)
+    heat = None
+    if cfg.specific_heat:
+        captures = tqdm(iter_captures(lm.model, trajectories, cfg.batch_size), total=len(trajectories),
+                        desc="attention", disable=not progress, leave=False)
+        heat = np.array([sequence_specific_heat(c, cfg.thermo) for c in captures])
+    table = sequence_features(trajectories, read, conv, seed=cfg.seed, specific_heat=heat,
+                              device=next(lm.model.parameters()).device)
     table = FeatureTable(table.values, table.names, labels=(text_set.name,) * len(table))
-    prefixes = ([prefix_features(t, read, conv, min_tokens=cfg.min_prefix_tokens) for t in trajectories]
-                if text_set.prefixes else None)
-    return table, prefixes
+    if not text_set.prefixes:
+        return table, None
+    windows = {"prefix": None, "window": cfg.stream_window}
+    return table, {kind: [prefix_features(t, read, conv, min_tokens=cfg.min_prefix_tokens, window=windows[kind])
+                          for t in trajectories] for kind in TRACES}
 
 
 def _cached_features(folder: Path, text_set: TextSet, identity: dict, cfg: MonitorConfig, model, progress: bool):
-    """The set's (table, prefixes) from its cache file, or computed (the model loads only then) and cached."""
+    """The set's (table, traces) from its cache file, or computed (the model loads only then) and cached."""
     key = digest({"model": identity, "ids": digest(text_set.ids), "conventions": dataclasses.asdict(cfg.conventions),
-                  "prefix_tokens": cfg.min_prefix_tokens if text_set.prefixes else None, "seed": cfg.seed,
+                  "traces": [cfg.min_prefix_tokens, cfg.stream_window] if text_set.prefixes else None,
+                  "specific_heat": dataclasses.asdict(cfg.thermo) if cfg.specific_heat else None, "seed": cfg.seed,
                   "features": digest(FEATURES), "version": FEATURES_VERSION})
     path = folder / f"{text_set.name}-{key}.safetensors"
     if path.is_file():
@@ -276,31 +234,34 @@ def _cached_features(folder: Path, text_set: TextSet, identity: dict, cfg: Monit
         return _read_features(path, text_set.name)
     if progress:
         print(f"monitor: features of {text_set.name} ({len(text_set.ids)} sequences)", file=sys.stderr)
-    table, prefixes = compute_features(model(), text_set, cfg, progress)
+    table, traces = compute_features(model(), text_set, cfg, progress)
     arrays = {"values": np.ascontiguousarray(table.values, dtype=np.float64)}
-    for i, p in enumerate(prefixes or []):
-        arrays[f"prefix.{i}"] = np.ascontiguousarray(p.values, dtype=np.float64)
-    meta = {"names": list(table.names), "prefix_names": list(prefixes[0].names) if prefixes else [],
-            "n_prefixes": len(prefixes or []), "key": key}
+    for kind, kept in (traces or {}).items():
+        arrays |= {f"{kind}.{i}": np.ascontiguousarray(t.values, dtype=np.float64) for i, t in enumerate(kept)}
+    meta = {"names": list(table.names), "trace_names": list(traces["prefix"][0].names) if traces else [],
+            "n_traces": len(traces["prefix"]) if traces else 0, "key": key}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     save_file(arrays, str(tmp), metadata={"meta": json.dumps(meta)})
     tmp.replace(path)  # whole or absent: an interrupted write never looks finished
-    return table, prefixes
+    return table, traces
 
 
 def _read_features(path: Path, name: str):
-    """The (table, prefixes) a feature file holds, as ``_cached_features`` returns them."""
+    """The (table, traces) a feature file holds, as ``_cached_features`` returns them."""
     with safe_open(str(path), "np") as f:
         meta = json.loads(f.metadata()["meta"])
     arrays = load_file(str(path))
     values = arrays["values"]
     table = FeatureTable(values, tuple(meta["names"]), labels=(name,) * values.shape[0])
-    prefixes = [FeatureTable(arrays[f"prefix.{i}"], tuple(meta["prefix_names"])) for i in range(meta["n_prefixes"])]
-    return table, prefixes or None
+    if not meta["n_traces"]:
+        return table, None
+    names = tuple(meta["trace_names"])
+    return table, {kind: [FeatureTable(arrays[f"{kind}.{i}"], names) for i in range(meta["n_traces"])]
+                   for kind in TRACES}
 
 
-def save_monitor(monitor: EnergyMonitor, stem: Path) -> list[Path]:
+def save_monitor(monitor: EnergyMonitor | ChangePointMonitor, stem: Path) -> list[Path]:
     """``<stem>.safetensors`` (the arrays of ``monitor.state()``) and ``<stem>.json`` (its metadata); no pickle."""
     arrays, meta = monitor.state()
     stem.parent.mkdir(parents=True, exist_ok=True)
@@ -310,22 +271,27 @@ def save_monitor(monitor: EnergyMonitor, stem: Path) -> list[Path]:
     return [tensors, stem.parent / f"{stem.name}.json"]
 
 
-def load_monitor(stem: str | Path) -> EnergyMonitor:
-    """The monitor saved by :func:`save_monitor` under ``stem`` (a path without suffix, or either file's path)."""
+def load_monitor(stem: str | Path) -> EnergyMonitor | ChangePointMonitor:
+    """The monitor saved by :func:`save_monitor` under ``stem`` (a path without suffix, or either file's path): an
+    ``EnergyMonitor``, or a ``ChangePointMonitor`` where its metadata says so."""
     stem = Path(stem)
     stem = stem.with_suffix("") if stem.suffix in (".safetensors", ".json") else stem
-    return EnergyMonitor.from_state(load_file(str(stem.parent / f"{stem.name}.safetensors")),
-                                    read_json(stem.parent / f"{stem.name}.json"))
+    meta = read_json(stem.parent / f"{stem.name}.json")
+    kind = ChangePointMonitor if meta.get("format") == CHANGE_POINT_FORMAT else EnergyMonitor
+    return kind.from_state(load_file(str(stem.parent / f"{stem.name}.safetensors")), meta)
 
 
 def conventions(cfg: MonitorConfig) -> dict:
     """Every setting the results depend on, for results.json and the report's conventions table."""
     return {"tokens": cfg.tokens, "n_calibration": cfg.n_calibration, "n_heldout": cfg.n_heldout,
             "n_test": cfg.n_test, "n_anomalies": cfg.n_anomalies, "target_fpr": cfg.target_fpr,
-            "min_prefix_tokens": cfg.min_prefix_tokens, "n_bootstrap": cfg.n_bootstrap, "seed": cfg.seed,
+            "min_prefix_tokens": cfg.min_prefix_tokens, "stream_window": cfg.stream_window,
+            "cusum_drift": cfg.cusum_drift, "specific_heat": cfg.specific_heat, "n_bootstrap": cfg.n_bootstrap, "seed": cfg.seed,
             "dtype": cfg.dtype, "context_tokens": 1, "corpus": WIKITEXT, "splice_cut": anomalies.SPLICE_CUT,
             "splice_from": anomalies.SPLICE_FROM, "phrase_words": anomalies.PHRASE_WORDS,
-            "random_chars_per_token": CHARS_PER_TOKEN, **dataclasses.asdict(cfg.conventions)}
+            "random_chars_per_token": CHARS_PER_TOKEN, **dataclasses.asdict(cfg.conventions),
+            **({f"thermo_{k}": v for k, v in dataclasses.asdict(cfg.thermo).items() if k != "temperatures"}
+               if cfg.specific_heat else {})}
 
 
 def _run_model(cfg: MonitorConfig, text: str, out: Path, results: dict, progress: bool) -> None:
@@ -340,37 +306,49 @@ def _run_model(cfg: MonitorConfig, text: str, out: Path, results: dict, progress
     folder = out / "features" / spec.run_name
     recipe = {"model": identity, "config": {k: v for k, v in conventions(cfg).items() if k in RECIPE},
               "corpora": {c: digest(read_corpus(c)) for c in (WIKITEXT, *CORPUS_OF.values())}, "version": SETS_VERSION}
-    sets, examples, entry["model_description"] = _cached_sets(folder, recipe, cfg, model)
+    sets, examples, entry["model_description"] = cached_sets(folder, recipe, cfg, model)
     entry["examples"] = {k: v for k, v in examples.items() if k in cfg.needed_sets}
-    tables, prefixes = {}, {}
+    tables, traces = {}, {}
     for name in cfg.needed_sets:
-        tables[name], prefixes[name] = _cached_features(folder, sets[name], identity, cfg, model, progress)
+        tables[name], traces[name] = _cached_features(folder, sets[name], identity, cfg, model, progress)
         entry.setdefault("sets", {})[name] = {"n": len(sets[name].ids),
                                               "tokens_mean": float(np.mean([len(x) for x in sets[name].ids]))}
         entry["stage"] = f"features: {name}"
         flush()
-    names = {fs: feature_names(fs) for fs in cfg.feature_sets}
+    names = {fs: feature_names(fs, cfg.specific_heat) for fs in cfg.feature_sets}
     fitting = dict(methods=cfg.methods, fit=tables[CALIBRATION], target_fpr=cfg.target_fpr, seed=cfg.seed)
     monitors = fit_monitors(names, heldout=tables[HELDOUT], **fitting)
     stream_monitors = fit_stream_monitors({fs: n for fs, n in names.items() if streams(fs)},
-                                          heldout_prefixes=prefixes[HELDOUT], **fitting)
+                                          fit_traces=traces[CALIBRATION], heldout_traces=traces[HELDOUT],
+                                          drift=cfg.cusum_drift, **fitting)
     entry["monitors"] = []
-    for kind, fitted in (("sequence", monitors), ("stream", stream_monitors)):
-        for (fs, m), monitor in fitted.items():
-            stem = out / "monitor" / spec.run_name / f"{fs}__{m}{'' if kind == 'sequence' else '__stream'}"
-            save_monitor(monitor, stem)
-            entry["monitors"].append({"feature_set": fs, "method": m, "kind": kind, "features": list(feature_names(fs)),
-                                      "threshold": float(monitor.threshold_), "file": str(stem.relative_to(out))})
+    fitted = [(("sequence", fs, m), monitor) for (fs, m), monitor in monitors.items()] + list(stream_monitors.items())
+    for (kind, fs, m), monitor in fitted:
+        stem = out / "monitor" / spec.run_name / f"{fs}__{m}{'' if kind == 'sequence' else '__' + kind}"
+        save_monitor(monitor, stem)
+        entry["monitors"].append({"feature_set": fs, "method": m, "kind": kind, "features": list(names[fs]),
+                                  "threshold": float(monitor.threshold_), "file": str(stem.relative_to(out))})
     entry["stage"] = "monitors"
     flush()
     if cfg.evaluate:
         entry["evaluation"], scores = evaluate(
-            monitors, stream_monitors, tables, prefixes, sets[SPLICED].splice_tokens, anomalies=ANOMALIES, test=TEST,
+            monitors, stream_monitors, tables, traces, sets[SPLICED].splice_tokens, anomalies=ANOMALIES, test=TEST,
             spliced=SPLICED, target_fpr=cfg.target_fpr, min_prefix_tokens=cfg.min_prefix_tokens,
             n_bootstrap=cfg.n_bootstrap, seed=cfg.seed)
         write_json(out / "scores" / f"{spec.run_name}.json", scores)
         entry["stage"] = "evaluated"
         flush()
+
+
+def _twins(cfg: MonitorConfig, out: Path) -> list[dict]:
+    """Every evaluated model whose random-weight twin was evaluated too, against it (``twin_comparison``)."""
+    specs = {spec.run_name: spec for spec in map(ModelSpec.parse, cfg.models)}
+    pairs = [(spec.with_random(False).run_name, run) for run, spec in specs.items() if spec.random]
+    return [{"trained": base, "twin": twin,
+             "comparison": twin_comparison(read_json(out / "scores" / f"{base}.json"),
+                                           read_json(out / "scores" / f"{twin}.json"), anomalies=ANOMALIES,
+                                           test=TEST, n_bootstrap=cfg.n_bootstrap, seed=cfg.seed)}
+            for base, twin in pairs if base in specs]
 
 
 def run_monitor(cfg: MonitorConfig, *, progress: bool = True) -> dict:
@@ -379,10 +357,13 @@ def run_monitor(cfg: MonitorConfig, *, progress: bool = True) -> dict:
     write_json(out / "run.json", {"experiment": "monitor", "config": dataclasses.asdict(cfg), "seed": cfg.seed,
                                   "environment": environment()})
     results = {"experiment": "monitor", "complete": False, "evaluate": cfg.evaluate, "conventions": conventions(cfg),
-               "features": dict(FEATURES), "feature_sets": {fs: list(feature_names(fs)) for fs in cfg.feature_sets},
+               "features": dict(FEATURES),
+               "feature_sets": {fs: list(feature_names(fs, cfg.specific_heat)) for fs in cfg.feature_sets},
+               "stream_kinds": list(STREAM_KINDS),
                "methods": list(cfg.methods), "anomalies": list(ANOMALIES) if cfg.evaluate else [], "models": {}}
     for text in cfg.models:
         _run_model(cfg, text, out, results, progress)
+    results["twins"] = _twins(cfg, out) if cfg.evaluate else []
     results["complete"] = True
     write_json(out / "results.json", results)
     monitor_figures(out, results)

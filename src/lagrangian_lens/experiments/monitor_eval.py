@@ -1,6 +1,15 @@
 """The monitor experiment's fitting and evaluation, from feature tables: the sequence and stream monitors, then AUROC
 and TPR per anomaly type, feature set and method, the paired comparison with the perplexity baseline, the realised
-FPR at the calibrated threshold, and splice localisation from the token-by-token trace. No I/O."""
+FPR at the calibrated threshold, and splice detection and localisation from the token-by-token traces. No I/O.
+
+Three kinds of stream monitor read a sequence token by token (``STREAM_KINDS``), each calibrated so that the target
+FPR of held-out traces alarm anywhere:
+
+* ``prefix``: the sequence monitor (fitted on whole sequences) scoring each prefix's running means;
+* ``window``: a monitor fitted on the calibration traces' windows, scoring each prefix's last W steps;
+* ``cusum``: Page's CUSUM on that window score (``analysis.monitor_stream.ChangePointMonitor``), whose change
+  point estimates where the rise began.
+"""
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -8,10 +17,15 @@ from collections.abc import Sequence
 import numpy as np
 
 from ..analysis.monitor import EnergyMonitor, FeatureTable, auroc, tpr_at_fpr
+from ..analysis.monitor_stream import ChangePointMonitor
 
 BASELINE = "perplexity"  # the feature set energy has to beat: mean log point-perplexity
 CI = 0.95  # level of the interval of every AUROC difference
-HIGHER, LOWER, UNCLEAR = "energy higher", "perplexity higher", "no clear difference"
+# A paired comparison's verdict: the first side's AUROC (a feature set; a trained model) against the second's (the
+# perplexity baseline; the random-weight twin), by the interval of the difference.
+HIGHER, LOWER, UNCLEAR = "higher", "lower", "no clear difference"
+STREAM_KINDS = ("prefix", "window", "cusum")
+TRACE_OF = {"prefix": "prefix", "window": "window", "cusum": "window"}  # the traces each stream kind reads
 
 
 def fit_monitors(feature_sets: dict[str, tuple[str, ...]], methods: Sequence[str], fit: FeatureTable,
@@ -23,25 +37,30 @@ def fit_monitors(feature_sets: dict[str, tuple[str, ...]], methods: Sequence[str
 
 
 def fit_stream_monitors(feature_sets: dict[str, tuple[str, ...]], methods: Sequence[str], fit: FeatureTable,
-                        heldout_prefixes: list[FeatureTable], *, target_fpr: float,
-                        seed: int) -> dict[tuple[str, str], EnergyMonitor]:
-    """The token-by-token monitors of streaming feature sets: fitted as the sequence monitors, their threshold
-    calibrated so that ``target_fpr`` of the held-out sequences alarm anywhere along their trace.
+                        fit_traces: dict[str, list[FeatureTable]], heldout_traces: dict[str, list[FeatureTable]], *,
+                        target_fpr: float, seed: int, drift: float) -> dict[tuple[str, str, str], object]:
+    """{(kind, feature set, method): monitor} of every stream kind (module docstring) for streaming feature sets.
 
-    A sequence's trace alarms when its worst prefix does, so calibrating on each held-out sequence's worst prefix
-    (a table of one row per sequence) sets the per-sequence false-alarm rate; a threshold calibrated on whole
-    sequences would alarm on most traces, since a short prefix's features are noisier than a whole sequence's.
+    ``fit`` the calibration set's whole-sequence rows (the prefix monitor's fit), ``fit_traces`` and
+    ``heldout_traces`` {"prefix" | "window": one trace per sequence} of the calibration and held-out sets. A trace
+    alarms when its worst row does, so every threshold is calibrated on one row per held-out trace, its worst: a
+    threshold calibrated on whole sequences would alarm on most traces, a short prefix's features being noisier.
     """
+    windows = FeatureTable(np.concatenate([t.values for t in fit_traces["window"]]), fit_traces["window"][0].names)
     out = {}
     for fs, names in feature_sets.items():
         for m in methods:
-            monitor = EnergyMonitor(names, method=m, target_fpr=target_fpr, seed=seed).fit(fit)
-            out[fs, m] = monitor.calibrate(worst_prefixes(monitor, heldout_prefixes))
+            for kind, rows in (("prefix", fit), ("window", windows)):
+                monitor = EnergyMonitor(names, method=m, target_fpr=target_fpr, seed=seed).fit(rows)
+                out[kind, fs, m] = monitor.calibrate(worst_prefixes(monitor, heldout_traces[kind]))
+            out["cusum", fs, m] = ChangePointMonitor(names, m, drift=drift, target_fpr=target_fpr, seed=seed).fit(
+                fit_traces["window"]).calibrate(heldout_traces["window"])
     return out
 
 
 def worst_prefixes(monitor: EnergyMonitor, prefixes: list[FeatureTable]) -> FeatureTable:
-    """(N, F) one row per sequence: the features of its prefix with the highest anomaly score."""
+    """(N, F) one row per sequence: the features of its trace's row (prefix or window) with the highest anomaly
+    score."""
     rows = [p.values[int(np.argmax(monitor.anomaly_score(p)))] for p in prefixes]
     return FeatureTable(np.stack(rows), prefixes[0].names)
 
@@ -71,7 +90,7 @@ def paired_auroc_difference(normal_a: np.ndarray, anomalous_a: np.ndarray, norma
 
 
 def verdict(difference: dict) -> str:
-    """Energy higher or lower than the baseline when the interval excludes 0; by the point value without one."""
+    """Higher or lower than the other side when the interval excludes 0; by the point value without one."""
     low, high = difference["ci_low"], difference["ci_high"]
     if low is None:
         return HIGHER if difference["difference"] > 0 else LOWER if difference["difference"] < 0 else UNCLEAR
@@ -83,23 +102,36 @@ def alarm_token(row: int | None, min_prefix_tokens: int) -> int | None:
     return None if row is None else row + min_prefix_tokens - 1
 
 
-def localisation(alarms: Sequence[int | None], splices: Sequence[int], normal_alarms: Sequence[int | None]) -> dict:
+def localisation(alarms: Sequence[int | None], splices: Sequence[int], normal_alarms: Sequence[int | None], *,
+                 changes: Sequence[int | None] | None = None, spans: Sequence[tuple[int, int]] | None = None) -> dict:
     """How the first alarm of each spliced sequence falls against its splice token.
 
     ``alarms`` (N,) the first alarm token of each spliced sequence (None: never), ``splices`` (N,) the first
     pasted token, ``normal_alarms`` the first alarm tokens of the in-distribution test sequences (any alarm there is
     false). ``detected``: alarm at or after the splice; ``early``: before it (a false alarm on the head);
     ``median_abs_error``: median |alarm − splice| over the sequences that alarmed; ``median_delay``: median of
-    alarm − splice over the detected ones.
+    alarm − splice over the detected ones. ``changes`` (N,) a change-point monitor's estimate of where the change
+    began, per alarmed sequence: ``median_abs_change_error`` is its median |change − splice|. ``spans`` (N,) the
+    first and last token each trace scores: ``chance_abs_error`` is the median over the alarmed sequences of the
+    error a token drawn uniformly from the span makes on average, the level a localiser must beat.
     """
-    pairs = [(a, k) for a, k in zip(alarms, splices) if a is not None]
-    errors = np.array([a - k for a, k in pairs], dtype=np.float64)
+    alarmed = [i for i, a in enumerate(alarms) if a is not None]
+    errors = np.array([alarms[i] - splices[i] for i in alarmed], dtype=np.float64)
     n = len(splices)
-    return {"n": n, "alarmed": len(pairs) / n, "detected": float(np.sum(errors >= 0) / n),
-            "early": float(np.sum(errors < 0) / n),
-            "median_abs_error": float(np.median(np.abs(errors))) if len(errors) else None,
-            "median_delay": float(np.median(errors[errors >= 0])) if np.any(errors >= 0) else None,
-            "normal_alarmed": float(np.mean([a is not None for a in normal_alarms])) if normal_alarms else None}
+
+    def median(x) -> float | None:
+        return float(np.median(x)) if len(x) else None
+
+    out = {"n": n, "alarmed": len(alarmed) / n, "detected": float(np.sum(errors >= 0) / n),
+           "early": float(np.sum(errors < 0) / n), "median_abs_error": median(np.abs(errors)),
+           "median_delay": median(errors[errors >= 0]),
+           "normal_alarmed": float(np.mean([a is not None for a in normal_alarms])) if normal_alarms else None}
+    if changes is not None:
+        out["median_abs_change_error"] = median([abs(changes[i] - splices[i]) for i in alarmed])
+    if spans is not None:
+        out["chance_abs_error"] = median([np.mean(np.abs(np.arange(spans[i][0], spans[i][1] + 1) - splices[i]))
+                                          for i in alarmed])
+    return out
 
 
 def best_method(table: list[dict], feature_sets: Sequence[str]) -> str:
@@ -113,16 +145,17 @@ def best_method(table: list[dict], feature_sets: Sequence[str]) -> str:
     return max(by_method, key=lambda m: (np.mean(by_method[m]), -list(by_method).index(m)))
 
 
-def evaluate(monitors: dict[tuple[str, str], EnergyMonitor], stream_monitors: dict[tuple[str, str], EnergyMonitor],
-             tables: dict[str, FeatureTable], prefixes: dict[str, list[FeatureTable] | None],
+def evaluate(monitors: dict[tuple[str, str], EnergyMonitor], stream_monitors: dict[tuple[str, str, str], object],
+             tables: dict[str, FeatureTable], traces: dict[str, dict[str, list[FeatureTable]] | None],
              splice_tokens: Sequence[int], *, anomalies: Sequence[str], test: str, spliced: str, target_fpr: float,
              min_prefix_tokens: int, n_bootstrap: int, seed: int) -> tuple[dict, dict]:
     """(the evaluation for results.json, the scores behind it for the figures).
 
-    ``monitors`` {(feature set, method): fitted, calibrated monitor}, ``stream_monitors`` the same for the sets
-    of streaming features, calibrated per trace; ``tables`` the feature table of the in-distribution ``test`` set
-    and of every anomaly type; ``prefixes`` the prefix tables of the ``test`` and ``spliced`` sets, whose first
-    alarms localise the splices.
+    ``monitors`` {(feature set, method): fitted, calibrated monitor}, ``stream_monitors`` {(kind, feature set,
+    method): monitor} (``fit_stream_monitors``), calibrated per trace; ``tables`` the feature table of the
+    in-distribution ``test`` set and of every anomaly type; ``traces`` {set: {"prefix" | "window": its traces}} of
+    the ``test`` and ``spliced`` sets, whose first alarms localise the splices. A stream monitor's AUROC compares
+    its traces' peak scores (spliced against test): whether it tells a spliced sequence from an intact one at all.
     """
     feature_sets = list(dict.fromkeys(fs for fs, _ in monitors))
     scores: dict = {"sets": {}, "thresholds": {}, "traces": {}, "splice_tokens": list(splice_tokens),
@@ -140,16 +173,24 @@ def evaluate(monitors: dict[tuple[str, str], EnergyMonitor], stream_monitors: di
             table.append({"anomaly": kind, "feature_set": fs, "method": m, "auroc": float(auroc(normal, anomalous)),
                           "tpr_at_fpr": float(tpr_at_fpr(normal, anomalous, fpr=target_fpr)),
                           "tpr_calibrated": float(np.mean(monitor.predict(tables[kind]) == -1)), "n": len(anomalous)})
-    for (fs, m), monitor in stream_monitors.items():
-        first = [alarm_token(monitor.first_alarm(p), min_prefix_tokens) for p in prefixes[spliced]]
-        normal_first = [alarm_token(monitor.first_alarm(p), min_prefix_tokens) for p in prefixes[test]]
-        places.append({"feature_set": fs, "method": m, "threshold": float(monitor.threshold_),
-                       **localisation(first, splice_tokens, normal_first)})
-        trace = prefixes[spliced][0]  # the first spliced sequence, token by token
-        scores["traces"].setdefault(fs, {})[m] = {
+    for (kind, fs, m), monitor in stream_monitors.items():
+        spliced_traces, test_traces = traces[spliced][TRACE_OF[kind]], traces[test][TRACE_OF[kind]]
+        first = [alarm_token(monitor.first_alarm(p), min_prefix_tokens) for p in spliced_traces]
+        normal_first = [alarm_token(monitor.first_alarm(p), min_prefix_tokens) for p in test_traces]
+        changes = ([alarm_token(monitor.change_point(p), min_prefix_tokens) for p in spliced_traces]
+                   if kind == "cusum" else None)
+        spans = [(min_prefix_tokens - 1, min_prefix_tokens - 2 + len(p)) for p in spliced_traces]
+        peaks = {name: np.array([monitor.anomaly_score(p).max() for p in t])
+                 for name, t in (("test", test_traces), ("spliced", spliced_traces))}
+        places.append({"kind": kind, "feature_set": fs, "method": m, "threshold": float(monitor.threshold_),
+                       "auroc": float(auroc(peaks["test"], peaks["spliced"])),
+                       **localisation(first, splice_tokens, normal_first, changes=changes, spans=spans)})
+        trace = spliced_traces[0]  # the first spliced sequence, token by token
+        scores["traces"].setdefault(kind, {}).setdefault(fs, {})[m] = {
             "tokens": [alarm_token(r, min_prefix_tokens) for r in range(len(trace))],
             "scores": monitor.anomaly_score(trace).tolist(), "splice": int(splice_tokens[0]),
-            "threshold": float(monitor.threshold_), "first_alarm": first[0]}
+            "threshold": float(monitor.threshold_), "first_alarm": first[0],
+            "change_point": changes[0] if changes else None}
     comparison = []
     if BASELINE in feature_sets:
         sets = scores["sets"]
@@ -165,3 +206,24 @@ def evaluate(monitors: dict[tuple[str, str], EnergyMonitor], stream_monitors: di
     evaluation = {"monitors": summary, "table": table, "comparison": comparison, "localisation": places,
                   "best_method": best_method(table, feature_sets), "baseline": BASELINE}
     return evaluation, scores
+
+
+def twin_comparison(trained: dict, twin: dict, *, anomalies: Sequence[str], test: str, n_bootstrap: int,
+                    seed: int) -> list[dict]:
+    """Per (feature set, method, anomaly type) of two models' sequence monitors, the trained model's AUROC against
+    its random-weight twin's on the same sequences (the sets are token ids, the same for both), with the paired
+    bootstrap interval of the difference: whether the number separates training from architecture alone.
+    ``trained``, ``twin``: the scores ``evaluate`` returned for each model; in each row ``auroc`` is the trained
+    model's and ``baseline_auroc`` the twin's."""
+    rows = []
+    for fs, by_method in trained["sets"].items():
+        for m, own in by_method.items():
+            other = twin["sets"].get(fs, {}).get(m)
+            if other is None:
+                continue
+            for kind in anomalies:
+                diff = paired_auroc_difference(np.array(own[test]), np.array(own[kind]), np.array(other[test]),
+                                               np.array(other[kind]), n_boot=n_bootstrap, seed=seed)
+                rows.append({"anomaly": kind, "feature_set": fs, "method": m, **diff, "verdict": verdict(diff)})
+    return rows
+

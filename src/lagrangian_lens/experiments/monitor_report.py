@@ -1,9 +1,10 @@
 """The monitor experiment's tables, figures, report section and printed summary, read from results.json and the
 scores files beside it (so a resumed run reports exactly as a fresh one).
 
-Figures per model (PNG + SVG): ROC curves per anomaly type for the best method, energy against the perplexity
-baseline; histograms of the anomaly scores of each type against the in-distribution test set; the token-by-token
-anomaly score of one spliced sequence, with its splice and the threshold marked.
+Figures per model (PNG + SVG): ROC curves per anomaly type for the best method, one curve per feature set (the
+perplexity baseline dashed); histograms of the anomaly scores of each type against the in-distribution test set;
+one spliced sequence token by token under each stream kind (prefix, window, CUSUM), with its splice, the
+threshold, the first alarm and the change point marked.
 """
 from __future__ import annotations
 
@@ -64,14 +65,14 @@ def monitor_figures(out: Path, results: dict) -> list[Path]:
         if scores is None or evaluation is None:
             continue
         method, test = evaluation["best_method"], "test"
-        sets = [fs for fs in (energy_set(results), BASELINE) if fs in scores["sets"]]
+        sets = [fs for fs in results["feature_sets"] if fs in scores["sets"]]
         kinds = results["anomalies"]
         fig, axes = plt.subplots(2, (len(kinds) + 1) // 2, figsize=(3.4 * ((len(kinds) + 1) // 2), 6.4), squeeze=False)
         for ax, kind in zip(axes.flat, kinds):
-            for fs, style in zip(sets, ("-", "--")):
+            for fs in sets:
                 s = scores["sets"][fs][method]
                 fpr, tpr = roc_curve(np.array(s[test]), np.array(s[kind]))
-                ax.plot(fpr, tpr, style, label=fs)
+                ax.plot(fpr, tpr, "--" if fs == BASELINE else "-", label=fs, lw=1.2)
             ax.plot([0, 1], [0, 1], ":", color="grey", lw=0.8)
             ax.axvline(results["conventions"]["target_fpr"], color="k", lw=0.6, alpha=0.5)
             ax.set_title(kind, fontsize=9)
@@ -108,20 +109,31 @@ def _histograms(out, run, entry, scores, results, method) -> Path:
 
 
 def _trace(out, run, entry, scores, method) -> Path:
-    fs = "streaming" if "streaming" in scores["traces"] else next(iter(scores["traces"]))
-    trace = scores["traces"][fs].get(method) or next(iter(scores["traces"][fs].values()))
-    fig, ax = plt.subplots(figsize=(7.5, 3.4))
-    ax.plot(trace["tokens"], trace["scores"], lw=1.2, label="anomaly score of the prefix")
-    ax.axvline(trace["splice"], color="tab:red", lw=1, label="splice (first pasted token)")
-    ax.axhline(trace["threshold"], color="k", lw=0.8, ls="--", label="threshold")
-    if trace["first_alarm"] is not None:
-        ax.axvline(trace["first_alarm"], color="tab:orange", lw=1, ls=":", label="first alarm")
-    if min(trace["scores"]) > 0 and max(trace["scores"]) > 100 * min(trace["scores"]):
-        ax.set_yscale("log")
-    ax.set_xlabel("last token read")
-    ax.set_ylabel("anomaly score")
-    ax.set_title(f"{entry['model']}: one spliced sequence token by token ({fs}, {method})", fontsize=10)
-    ax.legend(fontsize=7)
+    """One spliced sequence token by token: a row per stream kind, a column per streaming feature set."""
+    kinds = [k for k in ("prefix", "window", "cusum") if k in scores["traces"]]
+    sets = list(dict.fromkeys(fs for k in kinds for fs in scores["traces"][k]))
+    fig, axes = plt.subplots(len(kinds), len(sets), figsize=(5.2 * len(sets), 2.5 * len(kinds)), squeeze=False,
+                             sharex=True)
+    for (i, kind), (j, fs) in ((a, b) for a in enumerate(kinds) for b in enumerate(sets)):
+        ax, by_method = axes[i, j], scores["traces"][kind].get(fs, {})
+        trace = by_method.get(method) or next(iter(by_method.values()), None)
+        if trace is None:
+            ax.set_visible(False)
+            continue
+        ax.plot(trace["tokens"], trace["scores"], lw=1.2, label=f"{kind} score")
+        ax.axvline(trace["splice"], color="tab:red", lw=1, label="splice (first pasted token)")
+        ax.axhline(trace["threshold"], color="k", lw=0.8, ls="--", label="threshold")
+        if trace["first_alarm"] is not None:
+            ax.axvline(trace["first_alarm"], color="tab:orange", lw=1, ls=":", label="first alarm")
+        if trace.get("change_point") is not None:
+            ax.axvline(trace["change_point"], color="tab:green", lw=1, ls="-.", label="change point")
+        if min(trace["scores"]) > 0 and max(trace["scores"]) > 100 * min(trace["scores"]):
+            ax.set_yscale("log")
+        ax.set_title(f"{kind}, {fs}", fontsize=9)
+        ax.legend(fontsize=6, loc="upper left")
+    for ax in axes[-1]:
+        ax.set_xlabel("last token read", fontsize=8)
+    fig.suptitle(f"{entry['model']}: one spliced sequence token by token ({method})", fontsize=10)
     return save(fig, figure_path(out, FIGURES[2], run))
 
 
@@ -140,10 +152,12 @@ def auroc_rows(results: dict, entry: dict) -> list[list[str]]:
 
 def monitor_rows(entry: dict) -> list[list[str]]:
     """One row per saved monitor: a sequence monitor (threshold on whole sequences) or a stream monitor (threshold
-    on each trace's worst prefix), with its realised FPR on the in-distribution test set when evaluated."""
+    on each held-out trace's worst row), with its realised FPR on the in-distribution test set when evaluated (for
+    a stream monitor: the share of test traces that alarm anywhere)."""
     evaluation = entry.get("evaluation") or {}
     realised = {(r["feature_set"], r["method"], "sequence"): r["realised_fpr"] for r in evaluation.get("monitors", [])}
-    realised |= {(r["feature_set"], r["method"], "stream"): r["normal_alarmed"] for r in evaluation.get("localisation", [])}
+    realised |= {(r["feature_set"], r["method"], r["kind"]): r["normal_alarmed"]
+                 for r in evaluation.get("localisation", [])}
     rows = [["feature set", "method", "kind", "threshold", "realised FPR (test)", "file"]]
     for mon in entry["monitors"]:
         rows.append([mon["feature_set"], mon["method"], mon["kind"], number(mon["threshold"], 4),
@@ -152,11 +166,43 @@ def monitor_rows(entry: dict) -> list[list[str]]:
 
 
 def localisation_rows(entry: dict) -> list[list[str]]:
-    rows = [["feature set", "method", "spliced", "detected (alarm ≥ splice)", "early alarm", "median |error|",
-             "median delay", "test sequences alarmed"]]
+    rows = [["stream kind", "feature set", "method", "AUROC (trace peaks)", "spliced", "detected (alarm ≥ splice)",
+             "early alarm", "median |alarm − splice|", "median |change − splice|", "chance |error|", "median delay",
+             "test traces alarmed"]]
     for r in entry["evaluation"]["localisation"]:
-        rows.append([r["feature_set"], r["method"], str(r["n"]), number(r["detected"]), number(r["early"]),
-                     number(r["median_abs_error"]), number(r["median_delay"]), number(r["normal_alarmed"])])
+        rows.append([r["kind"], r["feature_set"], r["method"], number(r["auroc"]), str(r["n"]), number(r["detected"]),
+                     number(r["early"]), number(r["median_abs_error"]), number(r.get("median_abs_change_error")),
+                     number(r.get("chance_abs_error")), number(r["median_delay"]), number(r["normal_alarmed"])])
+    return rows
+
+
+def comparison_rows(results: dict, entry: dict) -> list[list[str]]:
+    """Per anomaly type, every feature set's AUROC minus the perplexity baseline's (the best method), with its
+    paired bootstrap interval: '+' where the set is higher beyond the interval, '−' where the baseline is."""
+    evaluation = entry["evaluation"]
+    method = evaluation["best_method"]
+    cells = {(r["anomaly"], r["feature_set"]): r for r in evaluation["comparison"] if r["method"] == method}
+    sets = [fs for fs in results["feature_sets"] if fs != BASELINE]
+    mark = {HIGHER: " +", LOWER: " −"}
+    rows = [["anomaly", *(f"{fs} − {BASELINE}" for fs in sets)]]
+    for kind in results["anomalies"]:
+        rows.append([kind, *(interval(c) + mark.get(c["verdict"], "") if c else "-"
+                             for c in (cells.get((kind, fs)) for fs in sets))])
+    return rows
+
+
+def twin_rows(results: dict) -> list[list[str]]:
+    """Per trained model with its random-weight twin evaluated beside it: each anomaly type and feature set's AUROC
+    for both (the trained model's best method), and whether training separates them."""
+    rows = [["model", "anomaly", "feature set", "AUROC trained", "AUROC random twin", "difference [95 % CI]",
+             "separates"]]
+    for pair in results.get("twins", []):
+        entry = results["models"][pair["trained"]]
+        method = entry["evaluation"]["best_method"]
+        for r in (r for r in pair["comparison"] if r["method"] == method):
+            rows.append([entry["model"], r["anomaly"], r["feature_set"], number(r["auroc"]),
+                         number(r["baseline_auroc"]), interval(r),
+                         {HIGHER: "yes, trained higher", LOWER: "yes, twin higher"}.get(r["verdict"], "no")])
     return rows
 
 
@@ -193,10 +239,14 @@ def status_sentences(results: dict, entry: dict) -> list[str]:
     for r in (r for r in evaluation["localisation"] if r["method"] == method):
         delay = "" if r["median_delay"] is None else f" (median delay {number(r['median_delay'])} tokens)"
         error = "" if r["median_abs_error"] is None else f"; median |alarm − splice| {number(r['median_abs_error'])}"
-        out.append(f"Token by token ({r['feature_set']}, threshold calibrated so that {target:.0%} of held-out "
-                   f"traces alarm), {r['detected']:.0%} of {r['n']} spliced sequences alarm at or after the splice"
-                   f"{delay} and {r['early']:.0%} before it{error}; {r['normal_alarmed']:.0%} of in-distribution "
-                   "test sequences alarm somewhere.")
+        if r.get("median_abs_change_error") is not None:
+            error += f", median |change point − splice| {number(r['median_abs_change_error'])}"
+        if r.get("chance_abs_error") is not None:
+            error += f" (a uniform guess: {number(r['chance_abs_error'])})"
+        out.append(f"Token by token ({r['kind']}, {r['feature_set']}; threshold calibrated so that {target:.0%} of "
+                   f"held-out traces alarm), {r['detected']:.0%} of {r['n']} spliced sequences alarm at or after the "
+                   f"splice{delay} and {r['early']:.0%} before it{error}; {r['normal_alarmed']:.0%} of "
+                   f"in-distribution test sequences alarm somewhere; trace-peak AUROC {number(r['auroc'])}.")
     return out
 
 
@@ -214,16 +264,24 @@ def report_section(out: Path, results: dict) -> Section:
         paragraphs += [" ".join(comparison_sentences(results, entry)), " ".join(status_sentences(results, entry))]
         tables.append(TableBlock(f"{entry['model']}: AUROC (TPR at {results['conventions']['target_fpr']:.0%} FPR; "
                                  "TPR at the calibrated threshold)", auroc_rows(results, entry)))
+        if entry["evaluation"]["comparison"]:
+            tables.append(TableBlock(f"{entry['model']}: each feature set against the perplexity baseline "
+                                     f"({entry['evaluation']['best_method']}; AUROC difference, 95 % paired bootstrap "
+                                     "interval)", comparison_rows(results, entry)))
         if entry["evaluation"]["localisation"]:
             tables.append(TableBlock(f"{entry['model']}: splice localisation", localisation_rows(entry)))
-        for name, caption in zip(FIGURES, ("ROC curves per anomaly type, energy (solid) against perplexity (dashed).",
+        for name, caption in zip(FIGURES, ("ROC curves per anomaly type, one per feature set, the perplexity "
+                                           "baseline dashed.",
                                            "Anomaly scores of each type against the in-distribution test set.",
-                                           "One spliced sequence token by token: the splice, the threshold, the "
-                                           "first alarm.")):
+                                           "One spliced sequence token by token under each stream kind: the splice, "
+                                           "the threshold, the first alarm and (CUSUM) the change point.")):
             if figure_path(out, name, run).is_file():
                 figures.append(FigureBlock(figure_path(out, name, run), f"{entry['model']}: {caption}"))
         texts += [TextBlock(f"{entry['model']}: first sequence of {name}", text[:EXAMPLE_CHARS])
                   for name, text in entry.get("examples", {}).items()]
+    if results.get("twins"):
+        tables.append(TableBlock("Trained model against its random-weight twin (same sequences; paired bootstrap)",
+                                 twin_rows(results)))
     used = {n for names in results["feature_sets"].values() for n in names}
     tables.append(TableBlock("Features", [["feature", "definition"],
                                           *([k, v] for k, v in results["features"].items() if k in used)]))
@@ -238,7 +296,11 @@ def summary(results: dict) -> str:
         if entry.get("evaluation") is not None:
             parts += [format_table(auroc_rows(results, entry)), "\n".join(comparison_sentences(results, entry)),
                       "\n".join(status_sentences(results, entry))]
+            if entry["evaluation"]["comparison"]:
+                parts.append(format_table(comparison_rows(results, entry)))
             if entry["evaluation"]["localisation"]:
                 parts.append(format_table(localisation_rows(entry)))
+    if results.get("twins"):
+        parts.append(format_table(twin_rows(results)))
     return "\n\n".join(parts) + ("" if results["complete"] else "\n\n(incomplete: run the same command to resume)")
 

@@ -22,17 +22,14 @@ results.json) with metrics["not_identified"] saying why, and conventions["captur
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from ..analysis.thermo import ThermoAnalysis, ThermoConventions, analyse_thermo
 from ..errors import UnsupportedArchitectureError
-from ..trajectories import Trajectory
-from ..trajectories.attention import CAPTURE_METHODS, AttentionScores, capture_attention
+from ..trajectories.attention import CAPTURE_METHODS, iter_captures
 from .config import BootstrapConfig, RunConfig, TrajectoryConfig
 from .registry import Experiment, register
 from .runner import Stage
@@ -51,23 +48,6 @@ class ThermoConfig:
     trajectories: TrajectoryConfig = field(default_factory=TrajectoryConfig)
     conventions: ThermoConventions = field(default_factory=ThermoConventions)
     bootstrap: BootstrapConfig = field(default_factory=BootstrapConfig)
-
-
-def iter_captures(model: torch.nn.Module, trajectories: Sequence[Trajectory],
-                  batch_size: int) -> Iterator[AttentionScores]:
-    """Every trajectory's attention scores (or log-probabilities) at every block, one sequence at a time, on the host.
-
-    Batched, right-padded forwards, run lazily: a batch is captured only once the previous one has been consumed,
-    so ``analyse_thermo`` reading this generator keeps one batch's (L, H, T, T) scores alive at a time.
-    """
-    device = next(model.parameters()).device
-    for start in range(0, len(trajectories), batch_size):
-        tokens = [t.token_ids[:t.n_positions] for t in trajectories[start:start + batch_size]]
-        input_ids = torch.zeros(len(tokens), max(map(len, tokens)), dtype=torch.long)  # (B, P), padding masked
-        mask = torch.zeros_like(input_ids)
-        for b, ids in enumerate(tokens):
-            input_ids[b, :len(ids)], mask[b, :len(ids)] = ids, 1
-        yield from capture_attention(model, input_ids.to(device), mask.to(device), device="cpu")
 
 
 def per_head_metrics(analysis: ThermoAnalysis) -> dict[str, dict]:

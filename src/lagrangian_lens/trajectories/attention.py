@@ -10,7 +10,8 @@ key/value heads repeated) and hands the scores and the mask to the recorder of t
 :func:`record_attention` points every config of the model at that key and gives each its previous
 implementation back on exit, also when the body raises. No hook is registered and no module is replaced.
 :func:`capture_attention` runs one batch through it and returns one :class:`AttentionScores` per sequence, the
-container the thermo analysis (``analysis.thermo``) reads.
+container the thermo analysis (``analysis.thermo``) reads; :func:`iter_captures` does so lazily for a list of
+trajectories, batch by batch.
 
 The model's outputs are eager attention's (bit for bit in the tests); a model loaded with sdpa moves by float
 rounding only.
@@ -42,6 +43,7 @@ from transformers.modeling_utils import AttentionInterface
 from ..errors import TrajectoryError, UnsupportedArchitectureError
 from ..models.pretrained.architectures import blocks
 from .attention_weights import attention_implementation, attention_log_probabilities, model_configs
+from .trajectory import Trajectory
 
 CAPTURE = "lagrangian_lens_capture"  # the attention implementation key registered below
 # What AttentionScores.scores hold: the scores themselves, or ln p = s − ln Z (known up to a constant per row).
@@ -365,3 +367,21 @@ def capture_attention(model: nn.Module, input_ids: torch.Tensor, attention_mask:
             gauge=path,
         ))
     return out
+
+
+def iter_captures(model: nn.Module, trajectories: Sequence[Trajectory],
+                  batch_size: int) -> Iterator[AttentionScores]:
+    """Every trajectory's attention scores (or log-probabilities) at every block, one sequence at a time, on the host.
+
+    Batched, right-padded forwards, run lazily: a batch is captured only once the previous one has been consumed,
+    so ``analysis.thermo.analyse_thermo`` reading this generator keeps one batch's (L, H, T, T) scores alive at a
+    time.
+    """
+    device = next(model.parameters()).device
+    for start in range(0, len(trajectories), batch_size):
+        tokens = [t.token_ids[:t.n_positions] for t in trajectories[start:start + batch_size]]
+        input_ids = torch.zeros(len(tokens), max(map(len, tokens)), dtype=torch.long)  # (B, P), padding masked
+        mask = torch.zeros_like(input_ids)
+        for b, ids in enumerate(tokens):
+            input_ids[b, :len(ids)], mask[b, :len(ids)] = ids, 1
+        yield from capture_attention(model, input_ids.to(device), mask.to(device), device="cpu")
