@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 import torch
+import transformers
+from packaging.version import Version
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from lagrangian_lens.models import default_tokenizer
@@ -64,6 +66,11 @@ def tiny_dir(tmp_path_factory):
     tiny_config("llama").save_pretrained(path)
     return path
 
+
+# The families whose attention modules compute their scores inline instead of calling transformers'
+# AttentionInterface: gptj did until transformers 5.24, which routes it through the interface.
+GPTJ_INLINE = Version(transformers.__version__) < Version("5.24.0.dev0")
+INLINE_FAMILIES = ("bloom", "falcon", *(("gptj",) if GPTJ_INLINE else ()))
 
 TEXTS = [
     "The quick brown fox jumps over the lazy dog near the river bank.",

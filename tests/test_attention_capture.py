@@ -1,6 +1,6 @@
 """Attention capture on tiny models of every family: scores against the model's own attention, masks, restoring;
-the log-probability path of the families that compute attention inline (gptj, bloom, falcon); and the
-AttentionScores container it fills."""
+the log-probability path of the families that compute attention inline (bloom, falcon, and gptj before
+transformers 5.24); and the AttentionScores container it fills."""
 from types import SimpleNamespace
 
 import pytest
@@ -20,7 +20,7 @@ from lagrangian_lens.trajectories.attention import (
 )
 from lagrangian_lens.trajectories.tokens import left_pad
 
-from .conftest import TEXTS, TINY_CONFIGS, VOCAB, tiny_model
+from .conftest import GPTJ_INLINE, INLINE_FAMILIES, TEXTS, TINY_CONFIGS, VOCAB, tiny_model
 
 FAMILIES = sorted(TINY_CONFIGS)
 
@@ -176,7 +176,7 @@ def test_implementation_is_restored_after_an_exception():
 
 
 # The inline families, with falcon both with rotary positions (the tiny default) and with ALiBi.
-INLINE = {"gptj": {}, "bloom": {}, "falcon": {},
+INLINE = {**{family: {} for family in INLINE_FAMILIES},
           "falcon-alibi": {"alibi": True, "new_decoder_architecture": False, "multi_query": False, "num_kv_heads": 4}}
 
 
@@ -222,6 +222,24 @@ def test_inline_families_give_causal_log_probabilities_equal_to_their_own_attent
     assert forwards == [True]  # the model's path is remembered: one forward per later capture
 
 
+def test_gptj_is_captured_on_the_path_its_transformers_version_takes(tokenizer):
+    """gptj computed attention inline before transformers 5.24 and calls the interface since: the capture finds
+    which by itself, and either way its probabilities are the model's own eager attention."""
+    model = tiny_model("gptj")
+    input_ids, mask, _, ids = padded_batch(tokenizer)
+    captured = capture_attention(model, input_ids, mask)
+    assert {c.gauge for c in captured} == {"log-probabilities" if GPTJ_INLINE else "scores"}
+    before = model.config._attn_implementation
+    for cap, tokens in zip(captured, ids):
+        model.config._attn_implementation_internal = "eager"
+        with torch.no_grad():
+            own = torch.stack(model(input_ids=torch.tensor([tokens]), position_ids=torch.arange(len(tokens))[None],
+                                    output_attentions=True).attentions)[:, 0]  # (L, H, T, T)
+        model.config._attn_implementation_internal = before
+        assert_close(cap.probabilities(), own, atol=1e-6, rtol=0)
+    assert count_hooks(model) == 0
+
+
 def test_log_probabilities_are_the_scores_less_their_row_log_partition(tokenizer, monkeypatch):
     """Forced onto a model whose layers call the interface, the probability path gives ln p = s − ln Z."""
     model = tiny_model("llama", initializer_range=0.5)  # peaked attention, so the rows differ
@@ -238,7 +256,7 @@ def test_log_probabilities_are_the_scores_less_their_row_log_partition(tokenizer
 
 
 def test_forcing_scores_on_an_inline_model_is_refused():
-    model = tiny_model("gptj")
+    model = tiny_model("bloom")
     before = model.config._attn_implementation
     with pytest.raises(UnsupportedArchitectureError, match="without calling transformers' AttentionInterface"):
         capture_attention(model, torch.arange(6), gauge="scores")
@@ -276,7 +294,7 @@ def test_a_model_neither_path_reads_is_refused(monkeypatch):
     with pytest.raises(UnsupportedArchitectureError, match="sum to 1 ± 0.[0-9]+ over the visible keys"):
         capture_attention(sinks, torch.arange(6), gauge="log-probabilities")
     # No attention weights at all.
-    model = tiny_model("gptj")
+    model = tiny_model("bloom")
     monkeypatch.setattr(model, "forward", lambda **kw: SimpleNamespace(attentions=None))
     with pytest.raises(UnsupportedArchitectureError, match="neither capture reads its attention"):
         capture_attention(model, torch.arange(6))

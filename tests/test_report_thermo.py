@@ -66,7 +66,7 @@ def test_the_thermo_options_are_the_reports_own_and_collide_with_no_other_part()
 
 
 def test_an_inline_attention_model_gets_the_section_with_u_and_f_left_blank(tmp_path, tokenizer):
-    loaded = ll.load_model(tiny_model("gptj"), tokenizer=tokenizer)
+    loaded = ll.load_model(tiny_model("bloom"), tokenizer=tokenizer)
     out = tmp_path / "r"
     path, _ = make_report(report_config(out, loaded), progress=False)
     (entry,) = json.loads((out / "thermo" / "results.json").read_text())["runs"]

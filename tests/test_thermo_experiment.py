@@ -1,6 +1,6 @@
 """The thermo experiment end to end on tiny models: CLI, results' shapes, resume, numbers against a hand computation,
-random-twin replicates, figures and the report section; and the families whose attention is computed inline (gptj,
-bloom, falcon), analysed from their log-probabilities."""
+random-twin replicates, figures and the report section; and the families whose attention is computed inline (bloom,
+falcon, and gptj before transformers 5.24), analysed from their log-probabilities."""
 import json
 
 import numpy as np
@@ -21,7 +21,7 @@ from lagrangian_lens.mechanics.thermo import attention_thermo
 from lagrangian_lens.trajectories import attention, count_hooks, load_trajectories
 from lagrangian_lens.trajectories.attention import capture_attention
 
-from .conftest import TEXTS, tiny_model
+from .conftest import INLINE_FAMILIES, TEXTS, tiny_model
 
 FAST = ["--n-prompts", "2", "--new-tokens", "5", "--n-bootstrap", "20", "--quiet", "--device", "cpu"]
 L, H = 3, 4  # the tiny llama's layers and heads
@@ -159,7 +159,7 @@ def test_config_validates_its_conventions(bad):
         thermo.ThermoConfig(conventions=thermo.ThermoConventions(**bad))
 
 
-@pytest.mark.parametrize("family", ["gptj", "bloom", "falcon"])
+@pytest.mark.parametrize("family", INLINE_FAMILIES)
 def test_inline_attention_families_are_analysed_from_their_log_probabilities(family, tmp_path, tokenizer):
     model = tiny_model(family, initializer_range=0.5)  # peaked heads: their entropies differ
     loaded = ll.load_model(model, tokenizer=tokenizer)

@@ -15,7 +15,7 @@ temperatures, and the positional and attention-sink views. The report runs the s
 A trajectory of T positions holds T + 1 tokens, the last one emitted but never read by the model; the capture
 reads the T tokens the trajectory's states were computed from, so its query positions are the trajectory's.
 
-falcon, bloom and gptj compute attention inline, so the capture reads their log-probabilities instead of their
+falcon, bloom and (before transformers 5.24) gptj compute attention inline, so the capture reads their log-probabilities instead of their
 scores: their runs carry every shift-invariant number (S, C, C(T), the sink view), U and F as NaN (null in
 results.json) with metrics["not_identified"] saying why, and conventions["capture"] names the path taken.
 """

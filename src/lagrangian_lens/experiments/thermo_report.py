@@ -16,8 +16,8 @@ from .tables import cell, summary_rows
 
 ARRAYS_FILE = "thermo.npz"
 # The conventions key of a report run whose model's attention neither capture path reads (its value: why), e.g.
-# learned sink logits; such a run has no metrics and no thermo.npz. falcon, bloom and gptj are captured (from their
-# log-probabilities) and are no such runs.
+# learned sink logits; such a run has no metrics and no thermo.npz. falcon, bloom and gptj before transformers 5.24 are
+# captured (from their log-probabilities) and are no such runs.
 NOT_CAPTURED = "not_captured"
 HEADLINE = ("mean_entropy", "mean_normalized_entropy", "mean_specific_heat", "mean_free_energy", "mean_energy",
             "mean_sink_mass", "heat_peak_temperature", "n_heads_peak_at_edge", "n_sequences", "n_ensembles")

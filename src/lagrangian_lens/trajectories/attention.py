@@ -17,8 +17,8 @@ The model's outputs are eager attention's (bit for bit in the tests); a model lo
 rounding only.
 
 Coverage. Every architecture whose attention calls the interface gives its scores: all rows of the architecture
-table except falcon, bloom and gptj, whose attention modules compute their scores inline (bloom and falcon add
-ALiBi there) and never call it. For those, :func:`capture_attention` falls back to the probabilities that
+table except falcon and bloom (and gptj before transformers 5.24), whose attention modules compute their scores
+inline (bloom and falcon add ALiBi there) and never call it. For those, :func:`capture_attention` falls back to the probabilities that
 ``output_attentions=True`` returns under eager attention (``trajectories.attention_weights``) and stores
 ln p = s − ln Z: the scores up to one unknown constant per query row, marked ``gauge="log-probabilities"``. Which
 path a model needs is found by its first capture (the interface path reports the layers that never called it)
@@ -103,7 +103,7 @@ class AttentionRecorder:
             raise UnsupportedArchitectureError(
                 f"layer(s) {missing[:8]} of model_type {self.model_type!r} computed attention without calling "
                 "transformers' AttentionInterface, so their scores cannot be recorded; every architecture-table "
-                "row but falcon, bloom and gptj uses it. Fix: capture_attention(model, ...) reads such a model's "
+                "row but falcon and bloom (gptj before transformers 5.24) uses it. Fix: capture_attention(model, ...) reads such a model's "
                 "log-probabilities instead, or use a model of another family."
             )
         calls, self.calls = self.calls, {}

@@ -1,7 +1,7 @@
 """Attention probabilities read from ``output_attentions``, and the switch of a model's attention implementation.
 
 The score capture (``trajectories.attention``) needs layers that call transformers' AttentionInterface. falcon,
-bloom and gptj compute attention inline (their own rotary code, or ALiBi), so for them this module runs the model
+bloom and (before transformers 5.24) gptj compute attention inline (their own rotary code, or ALiBi), so for them this module runs the model
 with ``output_attentions=True`` under the "eager" implementation and reads each layer's attention probabilities
 p (B, H, q, k). Eager is needed twice over: an sdpa config makes transformers build a boolean mask (or none, for a
 plain causal pattern), which these inline layers would add to their scores as 0/1 instead of 0/−inf; and only the
