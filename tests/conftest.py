@@ -67,6 +67,15 @@ def tiny_dir(tmp_path_factory):
     return path
 
 
+def sink_logit_model():
+    """A tiny gpt-oss: learned attention-sink logits, which neither attention capture path can read."""
+    config = AutoConfig.for_model("gpt_oss", hidden_size=32, intermediate_size=32, num_hidden_layers=2,
+                                  num_attention_heads=4, num_key_value_heads=2, head_dim=8, num_local_experts=2,
+                                  num_experts_per_tok=1, sliding_window=8, vocab_size=VOCAB)
+    torch.manual_seed(0)
+    return AutoModelForCausalLM.from_config(config).eval()
+
+
 # The families whose attention modules compute their scores inline instead of calling transformers'
 # AttentionInterface: gptj did until transformers 5.24, which routes it through the interface.
 GPTJ_INLINE = Version(transformers.__version__) < Version("5.24.0.dev0")

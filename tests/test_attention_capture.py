@@ -7,7 +7,6 @@ import pytest
 import torch
 from torch import nn
 from torch.testing import assert_close
-from transformers import AutoConfig, AutoModelForCausalLM
 
 from lagrangian_lens.errors import TrajectoryError, UnsupportedArchitectureError
 from lagrangian_lens.trajectories import count_hooks
@@ -20,7 +19,7 @@ from lagrangian_lens.trajectories.attention import (
 )
 from lagrangian_lens.trajectories.tokens import left_pad
 
-from .conftest import GPTJ_INLINE, INLINE_FAMILIES, TEXTS, TINY_CONFIGS, VOCAB, tiny_model
+from .conftest import GPTJ_INLINE, INLINE_FAMILIES, TEXTS, TINY_CONFIGS, sink_logit_model, tiny_model
 
 FAMILIES = sorted(TINY_CONFIGS)
 
@@ -284,11 +283,7 @@ def test_implementation_is_restored_when_the_probability_forward_raises(monkeypa
 
 def test_a_model_neither_path_reads_is_refused(monkeypatch):
     # Learned sink logits: the interface path refuses them, and their probabilities do not sum to 1.
-    config = AutoConfig.for_model("gpt_oss", hidden_size=32, intermediate_size=32, num_hidden_layers=2,
-                                  num_attention_heads=4, num_key_value_heads=2, head_dim=8, num_local_experts=2,
-                                  num_experts_per_tok=1, sliding_window=8, vocab_size=VOCAB)
-    torch.manual_seed(0)
-    sinks = AutoModelForCausalLM.from_config(config).eval()
+    sinks = sink_logit_model()
     with pytest.raises(UnsupportedArchitectureError, match="s_aux"):
         capture_attention(sinks, torch.arange(6))
     with pytest.raises(UnsupportedArchitectureError, match="sum to 1 ± 0.[0-9]+ over the visible keys"):

@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from safetensors import safe_open
 
 from lagrangian_lens.analysis.monitor import FeatureTable, auroc, tpr_at_fpr
 from lagrangian_lens.analysis.monitor_stream import ChangePointMonitor
@@ -162,6 +163,9 @@ def test_a_rerun_reuses_the_cached_features_without_a_forward_pass(evaluated, mo
     assert after["model_description"] == before["model_description"]
     assert {p: p.stat().st_mtime_ns for p in (out / "features").rglob("*") if p.is_file()} == files
     assert capsys.readouterr().err.count("[resume] monitor: features of") == 3 + len(ANOMALIES)
+    # Each feature file records the package versions that computed it.
+    with safe_open(str(next((out / "features" / run).glob("test-*.safetensors"))), "np") as f:
+        assert json.loads(f.metadata()["meta"])["packages"]["torch"] == torch.__version__
 
 
 def test_a_changed_setting_recomputes_only_the_sets_it_changes(evaluated, tmp_path, monkeypatch):

@@ -7,8 +7,6 @@ import json
 import math
 
 import pytest
-import torch
-from transformers import AutoConfig, AutoModelForCausalLM
 
 import lagrangian_lens as ll
 from lagrangian_lens.analysis.thermo import ThermoConventions
@@ -20,7 +18,7 @@ from lagrangian_lens.experiments.thermo import thermo_stage
 from lagrangian_lens.experiments.thermo_report import ARRAYS_FILE, NOT_CAPTURED, explain_thermo
 from lagrangian_lens.report import ReportConfig, make_report
 
-from .conftest import TEXTS, VOCAB, tiny_model
+from .conftest import TEXTS, sink_logit_model, tiny_model
 
 FIGURES = ["thermo_heat_curves.png", "thermo_heatmaps.png", "thermo_positional.png"]
 
@@ -84,11 +82,7 @@ def test_an_inline_attention_model_gets_the_section_with_u_and_f_left_blank(tmp_
 
 def test_a_model_neither_capture_reads_is_noted_not_fatal(tokenizer):
     """Learned sink logits (gpt-oss): the interface path refuses them and their weights are no softmax over keys."""
-    config = AutoConfig.for_model("gpt_oss", hidden_size=32, intermediate_size=32, num_hidden_layers=2,
-                                  num_attention_heads=4, num_key_value_heads=2, head_dim=8, num_local_experts=2,
-                                  num_experts_per_tok=1, sliding_window=8, vocab_size=VOCAB)
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(config).eval()
+    model = sink_logit_model()
     loaded = ll.load_model(model, tokenizer=tokenizer)
     trajectories = ll.extract(model, tokenizer, TEXTS[:2])
     conv, boot = ThermoConventions(), BootstrapConfig(n_bootstrap=5)

@@ -6,7 +6,6 @@ settings round-trip through checkpoints, resume exactly and train from the comma
 against the semi-implicit Euler step's leading-order error.
 """
 import dataclasses
-import json
 
 import pytest
 import torch
@@ -21,9 +20,10 @@ from lagrangian_lens.models.own.gpt import GPT, GPTConfig, n_params
 from lagrangian_lens.models.own.pair import PairPotential, make_pair
 from lagrangian_lens.models.own.splm import SPLM, SPLMConfig
 from lagrangian_lens.models.own.xi import ContextPool
-from lagrangian_lens.training import TrainConfig, load_checkpoint, train
-from lagrangian_lens.training import loop as loop_mod
+from lagrangian_lens.training import TrainConfig, load_checkpoint
 from lagrangian_lens.training.checkpoint import read_meta, save_checkpoint
+
+from .test_training import straight_and_resumed
 
 # A live pair potential (its default init is flat), so the probe has a pair force to examine.
 CFG = dict(vocab_size=40, block_size=32, d_model=16, n_steps=4, v_hidden=32, v_init_scale=0.5, pair_init_scale=0.5)
@@ -303,28 +303,9 @@ TINY = dict(d_model=16, v_hidden=32, block_size=16, batch_size=8, eval_batches=2
             lr=3e-3, n_steps=3, layers="SAS", xi="kema:4", pair_force="mlp")
 
 
-def losses(out) -> dict[int, float]:
-    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    return {r["step"]: r["train_loss"] for r in rows}
-
-
 def test_a_hybrid_kema_parf_member_resumes_exactly_after_an_interrupt(corpus, tmp_path, monkeypatch):
     base = dict(corpus=corpus, max_steps=12, eval_every=6, checkpoint_every=6, **TINY)
-    train(TrainConfig(**base, out=str(tmp_path / "straight")), progress=False)
-    real = loop_mod.lr_at
-
-    def interrupt_at_9(step, cfg):
-        if step == 9:
-            raise KeyboardInterrupt
-        return real(step, cfg)
-
-    monkeypatch.setattr(loop_mod, "lr_at", interrupt_at_9)
-    with pytest.raises(KeyboardInterrupt):
-        train(TrainConfig(**base, out=str(tmp_path / "resumed")), progress=False)
-    assert read_meta(tmp_path / "resumed")["step"] == 6
-    monkeypatch.setattr(loop_mod, "lr_at", real)
-    train(TrainConfig(**base, out=str(tmp_path / "resumed")), resume=True, progress=False)
-    straight, resumed = losses(tmp_path / "straight"), losses(tmp_path / "resumed")
+    straight, resumed = straight_and_resumed(base, tmp_path, monkeypatch, interrupt_at=9, checkpoint=6)
     assert [resumed[s] for s in range(7, 13)] == [straight[s] for s in range(7, 13)]
     model, _, meta = load_checkpoint(tmp_path / "resumed", "cpu")
     assert model.block_types == "SAS" and meta["model_config"]["xi"] == "kema:4"

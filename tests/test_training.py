@@ -50,24 +50,28 @@ def test_fifty_steps_lower_the_validation_loss(arch, corpus, tmp_path):
     assert ev["ppl"] == pytest.approx(2.718281828 ** ev["loss"])
 
 
-def test_resume_after_an_interrupt_continues_exactly(corpus, tmp_path, monkeypatch):
-    base = dict(corpus=corpus, max_steps=20, eval_every=10, checkpoint_every=10, **TINY)
+def straight_and_resumed(base: dict, tmp_path: Path, monkeypatch, *, interrupt_at: int, checkpoint: int):
+    """Train ``base`` once straight, once killed at step ``interrupt_at`` and resumed; the two loss curves."""
     train(TrainConfig(**base, out=str(tmp_path / "straight")), progress=False)
-
     real = loop_mod.lr_at
 
-    def interrupt_at_15(step, cfg):
-        if step == 15:
+    def interrupted(step, cfg):
+        if step == interrupt_at:
             raise KeyboardInterrupt
         return real(step, cfg)
 
-    monkeypatch.setattr(loop_mod, "lr_at", interrupt_at_15)
+    monkeypatch.setattr(loop_mod, "lr_at", interrupted)
     with pytest.raises(KeyboardInterrupt):
         train(TrainConfig(**base, out=str(tmp_path / "resumed")), progress=False)
-    assert read_meta(tmp_path / "resumed")["step"] == 10  # the last checkpoint survives the kill
+    assert read_meta(tmp_path / "resumed")["step"] == checkpoint  # the last checkpoint survives the kill
     monkeypatch.setattr(loop_mod, "lr_at", real)
     train(TrainConfig(**base, out=str(tmp_path / "resumed")), resume=True, progress=False)
-    straight, resumed = losses(tmp_path / "straight"), losses(tmp_path / "resumed")
+    return losses(tmp_path / "straight"), losses(tmp_path / "resumed")
+
+
+def test_resume_after_an_interrupt_continues_exactly(corpus, tmp_path, monkeypatch):
+    base = dict(corpus=corpus, max_steps=20, eval_every=10, checkpoint_every=10, **TINY)
+    straight, resumed = straight_and_resumed(base, tmp_path, monkeypatch, interrupt_at=15, checkpoint=10)
     assert [resumed[s] for s in range(11, 21)] == [straight[s] for s in range(11, 21)]
 
 

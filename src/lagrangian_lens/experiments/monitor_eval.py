@@ -12,6 +12,7 @@ FPR of held-out traces alarm anywhere:
 """
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 
 import numpy as np
@@ -46,15 +47,16 @@ def fit_stream_monitors(feature_sets: dict[str, tuple[str, ...]], methods: Seque
     alarms when its worst row does, so every threshold is calibrated on one row per held-out trace, its worst: a
     threshold calibrated on whole sequences would alarm on most traces, a short prefix's features being noisier.
     """
-    windows = FeatureTable(np.concatenate([t.values for t in fit_traces["window"]]), fit_traces["window"][0].names)
     out = {}
     for fs, names in feature_sets.items():
         for m in methods:
-            for kind, rows in (("prefix", fit), ("window", windows)):
-                monitor = EnergyMonitor(names, method=m, target_fpr=target_fpr, seed=seed).fit(rows)
-                out[kind, fs, m] = monitor.calibrate(worst_prefixes(monitor, heldout_traces[kind]))
-            out["cusum", fs, m] = ChangePointMonitor(names, m, drift=drift, target_fpr=target_fpr, seed=seed).fit(
-                fit_traces["window"]).calibrate(heldout_traces["window"])
+            prefix = EnergyMonitor(names, method=m, target_fpr=target_fpr, seed=seed).fit(fit)
+            out["prefix", fs, m] = prefix.calibrate(worst_prefixes(prefix, heldout_traces["prefix"]))
+            cusum = ChangePointMonitor(names, m, drift=drift, target_fpr=target_fpr, seed=seed).fit(fit_traces["window"])
+            # The window monitor is the CUSUM's own, fitted on the same window rows: a copy, calibrated on its own.
+            window = copy.deepcopy(cusum.monitor_)
+            out["window", fs, m] = window.calibrate(worst_prefixes(window, heldout_traces["window"]))
+            out["cusum", fs, m] = cusum.calibrate(heldout_traces["window"])
     return out
 
 
