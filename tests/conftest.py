@@ -1,17 +1,19 @@
 """Shared fixtures: tiny random models of every supported family, built from configs in milliseconds."""
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 
 import pytest
 import torch
-import transformers
-from packaging.version import Version
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from lagrangian_lens.models import default_tokenizer
 from lagrangian_lens.models.pretrained.loading import _finish_tokenizer
+from lagrangian_lens.models.pretrained.tiny import table_names
+from lagrangian_lens.models.pretrained.tiny import tiny_model as library_tiny_model
+from lagrangian_lens.trajectories.attention import capture_attention
 
 # `make test` points LAGRANGIAN_LENS_DATA at ../shared/data; a bare `pytest` in a checkout does the same.
 _SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -32,19 +34,8 @@ TINY_CONFIGS = {
     "gpt_neox": dict(model_type="gpt_neox", hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                      num_attention_heads=4, max_position_embeddings=256),
 }
-# Families whose attention is computed inline, never through transformers' AttentionInterface: captured from their
-# probabilities (output_attentions), so they stay out of TINY_CONFIGS, whose families the score-capture tests run.
-INLINE_ATTENTION_CONFIGS = {
-    "gptj": dict(model_type="gptj", n_embd=32, n_layer=2, n_head=4, rotary_dim=4, n_positions=256),
-    "bloom": dict(model_type="bloom", hidden_size=32, n_layer=2, n_head=4),
-    "falcon": dict(model_type="falcon", hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_kv_heads=2,
-                   new_decoder_architecture=True),  # rotary; alibi=True, new_decoder_architecture=False for ALiBi
-}
-
-
 def tiny_config(family: str = "llama", **overrides):
-    return AutoConfig.for_model(**{**(TINY_CONFIGS | INLINE_ATTENTION_CONFIGS)[family], "vocab_size": VOCAB,
-                                   **overrides})
+    return AutoConfig.for_model(**{**TINY_CONFIGS[family], "vocab_size": VOCAB, **overrides})
 
 
 def tiny_model(family: str = "llama", seed: int = 0, **overrides):
@@ -76,10 +67,19 @@ def sink_logit_model():
     return AutoModelForCausalLM.from_config(config).eval()
 
 
-# The families whose attention modules compute their scores inline instead of calling transformers'
-# AttentionInterface: gptj did until transformers 5.24, which routes it through the interface.
-GPTJ_INLINE = Version(transformers.__version__) < Version("5.24.0.dev0")
-INLINE_FAMILIES = ("bloom", "falcon", *(("gptj",) if GPTJ_INLINE else ()))
+def table_model(name: str, **overrides):
+    """The library's tiny model ``name`` (every architecture-table row, layout variants, the fallback), sized to the
+    default tokenizer's vocabulary."""
+    return library_tiny_model(name, vocab_size=VOCAB, **overrides)
+
+
+@functools.cache
+def log_probability_models() -> tuple[str, ...]:
+    """The tiny table models whose layers bypass the AttentionInterface under the installed transformers, found by
+    capturing each (never listed by family: a release can move a family from one path to the other)."""
+    return tuple(name for name in table_names()
+                 if capture_attention(library_tiny_model(name), torch.arange(1, 5))[0].gauge == "log-probabilities")
+
 
 TEXTS = [
     "The quick brown fox jumps over the lazy dog near the river bank.",

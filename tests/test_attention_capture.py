@@ -1,14 +1,19 @@
-"""Attention capture on tiny models of every family: scores against the model's own attention, masks, restoring;
-the log-probability path of the families that compute attention inline (bloom, falcon, and gptj before
-transformers 5.24); and the AttentionScores container it fills."""
+"""Attention capture against the model's own eager attention on every architecture-table row, whichever path its
+layers take (scores through the AttentionInterface, or log-probabilities from output_attentions), found at run time;
+masks of every shape a model passes; restoring; and the AttentionScores container it fills."""
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
 from torch.testing import assert_close
 
+from lagrangian_lens.analysis.thermo import ThermoConventions, analyse_thermo
 from lagrangian_lens.errors import TrajectoryError, UnsupportedArchitectureError
+from lagrangian_lens.models.pretrained.architectures import blocks
+from lagrangian_lens.models.pretrained.tiny import table_names
+from lagrangian_lens.trajectories import attention as attention_module
 from lagrangian_lens.trajectories import count_hooks
 from lagrangian_lens.trajectories.attention import (
     CAPTURE,
@@ -17,9 +22,10 @@ from lagrangian_lens.trajectories.attention import (
     capture_attention_forward,
     record_attention,
 )
+from lagrangian_lens.trajectories.attention_weights import attention_implementation, model_configs
 from lagrangian_lens.trajectories.tokens import left_pad
 
-from .conftest import GPTJ_INLINE, INLINE_FAMILIES, TEXTS, TINY_CONFIGS, sink_logit_model, tiny_model
+from .conftest import TEXTS, TINY_CONFIGS, log_probability_models, sink_logit_model, table_model, tiny_model
 
 FAMILIES = sorted(TINY_CONFIGS)
 
@@ -174,15 +180,6 @@ def test_implementation_is_restored_after_an_exception():
     assert cap.scores.shape == (2, 2, 5, 5)
 
 
-# The inline families, with falcon both with rotary positions (the tiny default) and with ALiBi.
-INLINE = {**{family: {} for family in INLINE_FAMILIES},
-          "falcon-alibi": {"alibi": True, "new_decoder_architecture": False, "multi_query": False, "num_kv_heads": 4}}
-
-
-def inline_model(name: str):
-    return tiny_model(name.split("-")[0], **INLINE[name])
-
-
 def counting_forwards(model, monkeypatch) -> list[bool]:
     """Patch ``model.forward`` to log each call's output_attentions flag; returns the log."""
     calls, forward = [], model.forward
@@ -190,53 +187,77 @@ def counting_forwards(model, monkeypatch) -> list[bool]:
     return calls
 
 
-@pytest.mark.parametrize("name", sorted(INLINE))
-def test_inline_families_give_causal_log_probabilities_equal_to_their_own_attention(name, tokenizer, monkeypatch):
-    model = inline_model(name)
+def eager_attention(model, tokens: list[int]) -> torch.Tensor:
+    """(L, H, T, T) the model's own eager attention of one sequence alone (batch 1, no padding)."""
+    with attention_implementation(model_configs(model), "eager"), torch.no_grad():
+        return torch.stack(model(input_ids=torch.tensor([tokens]), position_ids=torch.arange(len(tokens))[None],
+                                 output_attentions=True).attentions)[:, 0]
+
+
+@pytest.mark.parametrize("name", table_names())
+def test_every_table_row_is_captured_as_its_own_eager_attention(name, tokenizer, monkeypatch):
+    """Left-padded batch and batch 1, on whichever path the model's layers take: log-probabilities equal those of
+    eager output_attentions, attention is causal, the path is found by the first capture and then remembered."""
+    model = table_model(name)
     before = model.config._attn_implementation
     forwards = counting_forwards(model, monkeypatch)
-    input_ids, mask, positions, ids = padded_batch(tokenizer)
+    input_ids, mask, _, ids = padded_batch(tokenizer)
     captured = capture_attention(model, input_ids, mask)
-    assert forwards == [False, True]  # the interface path found no layer calling it, then output_attentions
+    gauge = captured[0].gauge
+    assert forwards == ([False] if gauge == "scores" else [False, True])  # one forward, or a second for ln p
     for cap, tokens in zip(captured, ids):
         T = len(tokens)
-        assert cap.gauge == "log-probabilities" and not cap.scores_known and cap.token_ids.tolist() == tokens
-        assert cap.scores.shape == (2, model.config.num_attention_heads, T, T)
-        causal = torch.ones(T, T, dtype=torch.bool).tril()
-        assert torch.equal(cap.visible, causal.expand_as(cap.visible))
-        p = cap.scores.exp()  # (L, H, T, T)
-        assert torch.equal(p[..., ~causal], torch.zeros_like(p[..., ~causal]))  # no weight on a future key
-        assert_close(p.sum(-1), torch.ones(p.shape[:-1]), atol=1e-6, rtol=0)  # rows are softmaxes over the past
-        # A known answer: each row alone, through the model's own eager attention.
-        model.config._attn_implementation_internal = "eager"
-        with torch.no_grad():
-            own = torch.stack(model(input_ids=torch.tensor([tokens]), position_ids=torch.arange(T)[None],
-                                    output_attentions=True).attentions)[:, 0]  # (L, H, T, T)
-        model.config._attn_implementation_internal = before
-        assert_close(p, own, atol=1e-6, rtol=0)
-        assert_close(cap.probabilities(), own, atol=1e-6, rtol=0)
+        assert cap.gauge == gauge and cap.token_ids.tolist() == tokens
+        assert not (cap.visible & ~torch.ones(T, T, dtype=torch.bool).tril()).any()  # causal
+        own = eager_attention(model, tokens)  # (L, H, T, T)
+        (alone,) = capture_attention(model, torch.tensor(tokens))
+        for got in (cap, alone):
+            logp = torch.log_softmax(got.scores.masked_fill(~got.mask, -torch.inf), -1)
+            assert torch.equal(logp == -torch.inf, own == 0)  # the same keys hidden
+            assert_close(logp[own > 0], own[own > 0].log(), atol=1e-5, rtol=0)
     assert model.config._attn_implementation == before and count_hooks(model) == 0
     forwards.clear()
     capture_attention(model, input_ids, mask, layers=[-1])
-    assert forwards == [True]  # the model's path is remembered: one forward per later capture
+    assert forwards == [gauge == "log-probabilities"]  # remembered: one forward per later capture
 
 
-def test_gptj_is_captured_on_the_path_its_transformers_version_takes(tokenizer):
-    """gptj computed attention inline before transformers 5.24 and calls the interface since: the capture finds
-    which by itself, and either way its probabilities are the model's own eager attention."""
-    model = tiny_model("gptj")
-    input_ids, mask, _, ids = padded_batch(tokenizer)
-    captured = capture_attention(model, input_ids, mask)
-    assert {c.gauge for c in captured} == {"log-probabilities" if GPTJ_INLINE else "scores"}
-    before = model.config._attn_implementation
-    for cap, tokens in zip(captured, ids):
-        model.config._attn_implementation_internal = "eager"
-        with torch.no_grad():
-            own = torch.stack(model(input_ids=torch.tensor([tokens]), position_ids=torch.arange(len(tokens))[None],
-                                    output_attentions=True).attentions)[:, 0]  # (L, H, T, T)
-        model.config._attn_implementation_internal = before
-        assert_close(cap.probabilities(), own, atol=1e-6, rtol=0)
-    assert count_hooks(model) == 0
+@pytest.mark.parametrize("name", table_names())
+def test_shift_invariant_thermodynamics_agree_across_both_paths(name, tokenizer):
+    """S, C, C(T) and the sink mass depend on the softmax alone, so the scores and the log-probabilities (forced
+    onto the same model) give the same numbers; U and F are left unidentified on the second path."""
+    model = table_model(name, initializer_range=0.5)  # peaked heads, so that the quantities vary
+    input_ids, mask, _, _ = padded_batch(tokenizer)
+    conv = ThermoConventions(temperatures=(0.5, 1.0, 2.0))
+    default = analyse_thermo(capture_attention(model, input_ids, mask), conv, n_boot=0)
+    logp = analyse_thermo(capture_attention(model, input_ids, mask, gauge="log-probabilities"), conv, n_boot=0)
+    assert logp.gauge == "log-probabilities"
+    for q in ("entropy", "specific_heat", "sink_mass"):
+        assert_close(torch.tensor(logp.per_head[q]["value"]), torch.tensor(default.per_head[q]["value"]),
+                     atol=1e-5, rtol=1e-4)
+    assert_close(torch.tensor(logp.heat_curves), torch.tensor(default.heat_curves), atol=1e-5, rtol=1e-4)
+    assert np.isnan(logp.per_head["energy"]["value"]).all()
+    assert np.isfinite(default.per_head["energy"]["value"]).all() == default.scores_known
+
+
+@pytest.mark.parametrize("gauge", [None, "log-probabilities"])
+@pytest.mark.parametrize("name", table_names())
+def test_implementation_is_restored_when_the_forward_raises(name, gauge, monkeypatch):
+    """On either path (the probability path must switch to eager), also when a block raises mid-forward."""
+    model = table_model(name)
+    before, seen = model.config._attn_implementation, []
+
+    def boom(*args, **kwargs):
+        seen.append(model.config._attn_implementation)
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(blocks(model)[-1], "forward", boom)
+    with pytest.raises(RuntimeError, match="boom"):
+        capture_attention(model, torch.arange(1, 7), gauge=gauge)
+    assert seen == [CAPTURE if gauge is None else "eager"]
+    assert model.config._attn_implementation == before and count_hooks(model) == 0
+    monkeypatch.undo()
+    (cap,) = capture_attention(model, torch.arange(1, 7), gauge=gauge)  # usable, and capturable, again
+    assert cap.n_tokens == 6 and model.config._attn_implementation == before
 
 
 def test_log_probabilities_are_the_scores_less_their_row_log_partition(tokenizer, monkeypatch):
@@ -254,8 +275,9 @@ def test_log_probabilities_are_the_scores_less_their_row_log_partition(tokenizer
     assert capture_attention(model, input_ids, mask)[0].gauge == "scores"  # forcing is not remembered
 
 
-def test_forcing_scores_on_an_inline_model_is_refused():
-    model = tiny_model("bloom")
+@pytest.mark.parametrize("name", log_probability_models())
+def test_forcing_scores_on_layers_that_bypass_the_interface_is_refused(name):
+    model = table_model(name)
     before = model.config._attn_implementation
     with pytest.raises(UnsupportedArchitectureError, match="without calling transformers' AttentionInterface"):
         capture_attention(model, torch.arange(6), gauge="scores")
@@ -264,21 +286,30 @@ def test_forcing_scores_on_an_inline_model_is_refused():
         capture_attention(model, torch.arange(6), gauge="logits")
 
 
-def test_implementation_is_restored_when_the_probability_forward_raises(monkeypatch):
-    model = tiny_model("falcon")  # loaded with sdpa, which the probability path must turn to eager
-    seen = []
-
-    def boom(*args, **kwargs):
-        seen.append(model.config._attn_implementation)
-        raise RuntimeError("boom")
-
-    monkeypatch.setattr(model.transformer.h[1], "forward", boom)
-    with pytest.raises(RuntimeError, match="boom"):
-        capture_attention(model, torch.arange(6), gauge="log-probabilities")
-    assert seen == ["eager"] and model.config._attn_implementation == "sdpa" and count_hooks(model) == 0
-    monkeypatch.undo()
-    (cap,) = capture_attention(model, torch.arange(6))  # the model is usable, and capturable, again
-    assert cap.gauge == "log-probabilities" and model.config._attn_implementation == "sdpa"
+def test_a_per_head_additive_mask_is_part_of_the_scores_the_softmax_reads():
+    """An ALiBi-style (B, H, q, k) mask: a finite bias per head on the visible keys, dtype-min on the hidden ones.
+    The weights are softmax(s + bias), and the recorded scores are s + bias, which is what the softmax reads."""
+    torch.manual_seed(0)
+    B, H, T, d = 2, 4, 5, 8
+    q, k, v = torch.randn(B, H, T, d), torch.randn(B, H, T, d), torch.randn(B, H, T, d)
+    causal = torch.ones(T, T, dtype=torch.bool).tril()
+    slopes = torch.tensor([0.5, 0.25, 0.125, 0.0625])[:, None, None]  # (H, 1, 1)
+    bias = -slopes * (torch.arange(T)[:, None] - torch.arange(T)[None])  # (H, T, T): −m_h (i − j)
+    low = torch.finfo(torch.float32).min
+    mask = torch.where(causal, bias, low).expand(B, H, T, T)
+    model = nn.Module()
+    model.config = SimpleNamespace(model_type="alibi-test")
+    out, weights = capture_attention_forward(model, q, k, v, mask, scaling=d ** -0.5)
+    s = q @ k.transpose(2, 3) * d ** -0.5
+    p = torch.softmax((s + bias).masked_fill(~causal, -torch.inf), -1)
+    assert_close(weights, p)
+    assert_close(out, (p @ v).transpose(1, 2))
+    visible, additive = attention_module._mask_parts(mask, s, "alibi-test")
+    assert torch.equal(visible, causal.expand(B, T, T)) and torch.equal(additive, mask)
+    with pytest.raises(TrajectoryError, match=r"hides different keys for different heads"):
+        attention_module._mask_parts(mask.clone().index_fill_(1, torch.tensor([0]), 0.0), s, "alibi-test")
+    with pytest.raises(TrajectoryError, match=r"mask of shape \(2, 3, 5, 5\) from model_type 'alibi-test'"):
+        attention_module._mask_parts(mask[:, :3], s, "alibi-test")
 
 
 def test_a_model_neither_path_reads_is_refused(monkeypatch):
@@ -289,12 +320,12 @@ def test_a_model_neither_path_reads_is_refused(monkeypatch):
     with pytest.raises(UnsupportedArchitectureError, match="sum to 1 ± 0.[0-9]+ over the visible keys"):
         capture_attention(sinks, torch.arange(6), gauge="log-probabilities")
     # No attention weights at all.
-    model = tiny_model("bloom")
+    model = tiny_model("llama")
     monkeypatch.setattr(model, "forward", lambda **kw: SimpleNamespace(attentions=None))
     with pytest.raises(UnsupportedArchitectureError, match="neither capture reads its attention"):
-        capture_attention(model, torch.arange(6))
-    for m in (sinks, model):
-        assert m.config._attn_implementation == "eager" and count_hooks(m) == 0
+        capture_attention(model, torch.arange(6), gauge="log-probabilities")
+    assert sinks.config._attn_implementation == "eager" and count_hooks(sinks) == 0
+    assert model.config._attn_implementation == "sdpa" and count_hooks(model) == 0
 
 
 def test_attention_scores_normalise_their_mask_and_fill_defaults():

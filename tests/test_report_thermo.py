@@ -18,7 +18,7 @@ from lagrangian_lens.experiments.thermo import thermo_stage
 from lagrangian_lens.experiments.thermo_report import ARRAYS_FILE, NOT_CAPTURED, explain_thermo
 from lagrangian_lens.report import ReportConfig, make_report
 
-from .conftest import TEXTS, sink_logit_model, tiny_model
+from .conftest import TEXTS, log_probability_models, sink_logit_model, table_model, tiny_model
 
 FIGURES = ["thermo_heat_curves.png", "thermo_heatmaps.png", "thermo_positional.png"]
 
@@ -63,8 +63,9 @@ def test_the_thermo_options_are_the_reports_own_and_collide_with_no_other_part()
     assert cfg.thermo == ThermoConventions(sinks="exclude", temperatures=(0.5, 1.0, 2.0), skip_query_positions=2)
 
 
-def test_an_inline_attention_model_gets_the_section_with_u_and_f_left_blank(tmp_path, tokenizer):
-    loaded = ll.load_model(tiny_model("bloom"), tokenizer=tokenizer)
+@pytest.mark.parametrize("name", log_probability_models()[:1])
+def test_an_inline_attention_model_gets_the_section_with_u_and_f_left_blank(name, tmp_path, tokenizer):
+    loaded = ll.load_model(table_model(name), tokenizer=tokenizer)
     out = tmp_path / "r"
     path, _ = make_report(report_config(out, loaded), progress=False)
     (entry,) = json.loads((out / "thermo" / "results.json").read_text())["runs"]

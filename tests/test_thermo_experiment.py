@@ -1,6 +1,6 @@
 """The thermo experiment end to end on tiny models: CLI, results' shapes, resume, numbers against a hand computation,
-random-twin replicates, figures and the report section; and the families whose attention is computed inline (bloom,
-falcon, and gptj before transformers 5.24), analysed from their log-probabilities."""
+random-twin replicates, figures and the report section; and the models whose layers compute attention inline (found
+at run time), analysed from their log-probabilities."""
 import json
 
 import numpy as np
@@ -21,7 +21,7 @@ from lagrangian_lens.mechanics.thermo import attention_thermo
 from lagrangian_lens.trajectories import attention, count_hooks, load_trajectories
 from lagrangian_lens.trajectories.attention import capture_attention
 
-from .conftest import INLINE_FAMILIES, TEXTS, tiny_model
+from .conftest import TEXTS, log_probability_models, table_model, tiny_model
 
 FAST = ["--n-prompts", "2", "--new-tokens", "5", "--n-bootstrap", "20", "--quiet", "--device", "cpu"]
 L, H = 3, 4  # the tiny llama's layers and heads
@@ -159,9 +159,9 @@ def test_config_validates_its_conventions(bad):
         thermo.ThermoConfig(conventions=thermo.ThermoConventions(**bad))
 
 
-@pytest.mark.parametrize("family", INLINE_FAMILIES)
-def test_inline_attention_families_are_analysed_from_their_log_probabilities(family, tmp_path, tokenizer):
-    model = tiny_model(family, initializer_range=0.5)  # peaked heads: their entropies differ
+@pytest.mark.parametrize("name", log_probability_models())
+def test_models_with_inline_attention_are_analysed_from_their_log_probabilities(name, tmp_path, tokenizer):
+    model = table_model(name, initializer_range=0.5)  # peaked heads: their entropies differ
     loaded = ll.load_model(model, tokenizer=tokenizer)
     out = tmp_path / "t"
     cfg = thermo.ThermoConfig(run=RunConfig(models=[loaded], n_prompts=2, device="cpu", out=str(out)),
@@ -171,7 +171,7 @@ def test_inline_attention_families_are_analysed_from_their_log_probabilities(fam
     m, n_layers, n_heads = entry["metrics"], 2, 4
     # S and C per head: finite, and equal to those of the model's own attention weights, pooled by hand.
     rows = []  # per trajectory: S and C of every (layer, head, query >= 1) row, (L, H, T - 1)
-    # Eager: falcon loads with sdpa, under which transformers adds a boolean mask to its inline scores as 0/1.
+    # Eager: under sdpa transformers may build a boolean mask, which inline scores would add as 0/1.
     model.config._attn_implementation_internal = "eager"
     for t in load_trajectories(out / entry["run"] / "trajectories"):
         tokens = t.token_ids[:t.n_positions]

@@ -1,5 +1,5 @@
-"""The ``lagrangian-lens`` command: ``models``, one subcommand per registered experiment, ``report``, and the
-training commands ``train``, ``sample``, ``eval``.
+"""The ``lagrangian-lens`` command: ``models``, ``doctor``, one subcommand per registered experiment, ``report``, and
+the training commands ``train``, ``sample``, ``eval``.
 
 ``main(argv)`` runs in-process (tests call it directly) and returns the exit status. It is the one place that
 speaks in flags: it turns a ``LensError``'s setting names into option names, and catches nothing else, so a
@@ -8,9 +8,11 @@ real bug keeps its traceback.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
 from .. import __version__
+from ..doctor import DoctorConfig, diagnose
 from ..errors import ConfigError, LensError
 from ..experiments.config_tree import leaf_values
 from ..experiments.registry import Experiment, experiments
@@ -32,6 +34,13 @@ def _cmd_models(args) -> int:
     print(format_table(rows))
     print("\nAlso: any hub id or local model directory, a path to a .gguf file, and random:<spec>.")
     return 0
+
+
+def _cmd_doctor(args) -> int:
+    cfg = dataclass_from_args(DoctorConfig, args)
+    report = diagnose(cfg.load(), progress=not args.quiet)
+    print(json.dumps(report.as_json(), indent=1) if cfg.json else report.table())
+    return 0 if report.ok else 1
 
 
 def _experiment_command(exp: Experiment):
@@ -61,6 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
     commands = [(e.name, e.config, e.help, _experiment_command(e)) for e in experiments().values()]
     commands.append(("report", ReportConfig, "the main job: every analysis, one self-contained report.html",
                      _cmd_report))
+    commands.insert(0, ("doctor", DoctorConfig, "check every reading of a model (default: a tiny model per "
+                        "architecture-table row) against the model's own outputs; exit 1 if any is wrong or refused",
+                        _cmd_doctor))
     for name, config, text, func in commands:
         p = sub.add_parser(name, help=text, description=text)
         add_dataclass_arguments(p, config, rename=RENAME, skip=getattr(config, "FIXED", frozenset()))

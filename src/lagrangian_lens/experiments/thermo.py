@@ -15,8 +15,8 @@ temperatures, and the positional and attention-sink views. The report runs the s
 A trajectory of T positions holds T + 1 tokens, the last one emitted but never read by the model; the capture
 reads the T tokens the trajectory's states were computed from, so its query positions are the trajectory's.
 
-falcon, bloom and (before transformers 5.24) gptj compute attention inline, so the capture reads their log-probabilities instead of their
-scores: their runs carry every shift-invariant number (S, C, C(T), the sink view), U and F as NaN (null in
+A model whose layers compute attention inline is captured from its log-probabilities instead of its scores (the
+capture finds this at run time, see ``trajectories.attention``): its runs carry every shift-invariant number (S, C, C(T), the sink view), U and F as NaN (null in
 results.json) with metrics["not_identified"] saying why, and conventions["capture"] names the path taken.
 """
 from __future__ import annotations
@@ -97,9 +97,10 @@ def thermo_stage(conv: ThermoConventions, boot: BootstrapConfig, seed: int, batc
             save_arrays(run_dir / ARRAYS_FILE, result["analysis"])
 
     settings = {"conventions": dataclasses.asdict(conv), "bootstrap": dataclasses.asdict(boot)}
-    # 2: the replicates come from the analysis, and the stage runs inside the report. 3: falcon, bloom and gptj are
-    # analysed from their log-probabilities (their version-2 runs in a report hold no metrics).
-    return Stage(NAME, site, settings, analyse, save, needs_model=True, version=3)
+    # 2: the replicates come from the analysis, and the stage runs inside the report. 3: models whose layers compute
+    # attention inline are analysed from their log-probabilities (their version-2 runs in a report hold no metrics).
+    # 4: the finite part of an additive mask (ALiBi's position bias) is part of the recorded scores.
+    return Stage(NAME, site, settings, analyse, save, needs_model=True, version=4)
 
 
 EXPERIMENT = register(Experiment(

@@ -16,7 +16,7 @@ from .tables import cell, summary_rows
 
 ARRAYS_FILE = "thermo.npz"
 # The conventions key of a report run whose model's attention neither capture path reads (its value: why), e.g.
-# learned sink logits; such a run has no metrics and no thermo.npz. falcon, bloom and gptj before transformers 5.24 are
+# learned sink logits; such a run has no metrics and no thermo.npz. Models whose layers compute attention inline are
 # captured (from their log-probabilities) and are no such runs.
 NOT_CAPTURED = "not_captured"
 HEADLINE = ("mean_entropy", "mean_normalized_entropy", "mean_specific_heat", "mean_free_energy", "mean_energy",
@@ -166,8 +166,8 @@ def explain_thermo(entries: list[dict]) -> list[str]:
                                              _sinks(p, len(groups) > 1)) if s]
     probabilities = [e["run"] for e in entries if (e.get("metrics") or {}).get("not_identified")]
     if probabilities:
-        sentences.append(f"For {join(probabilities)}, attention was read from the probabilities (the architecture "
-                         "computes attention inline, so the scores are not captured), which fix the energies only up "
+        sentences.append(f"For {join(probabilities)}, attention was read from the probabilities (its layers "
+                         "compute attention inline, so the scores are not captured), which fix the energies only up "
                          "to a constant per query row: S, C, C(T) and the sink mass are exact, while U and F are not "
                          "identified and are left blank.")
     missing = [f"{e['run']} ({reason})" for e in entries if (reason := (e.get("conventions") or {}).get(NOT_CAPTURED))]

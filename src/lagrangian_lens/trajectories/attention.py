@@ -16,16 +16,18 @@ trajectories, batch by batch.
 The model's outputs are eager attention's (bit for bit in the tests); a model loaded with sdpa moves by float
 rounding only.
 
-Coverage. Every architecture whose attention calls the interface gives its scores: all rows of the architecture
-table except falcon and bloom (and gptj before transformers 5.24), whose attention modules compute their scores
-inline (bloom and falcon add ALiBi there) and never call it. For those, :func:`capture_attention` falls back to the probabilities that
-``output_attentions=True`` returns under eager attention (``trajectories.attention_weights``) and stores
-ln p = s − ln Z: the scores up to one unknown constant per query row, marked ``gauge="log-probabilities"``. Which
-path a model needs is found by its first capture (the interface path reports the layers that never called it)
-and remembered for that model object, so later batches run one forward each. A model that neither path reads
-(learned sink logits, ``output_attentions`` returning nothing) raises ``UnsupportedArchitectureError``.
-Recomputing the inline scores from hooked q and k would need a copy of each model's rotary or ALiBi code,
-which is not done here.
+Coverage. A model whose layers call the interface gives its scores; a layer may pass any mask transformers
+builds, boolean or additive, shared by the heads or per head, and the finite part of an additive mask (a position
+bias such as ALiBi's) is part of the scores the softmax reads. A model some of whose layers compute attention
+inline, without calling the interface, falls back to the probabilities that ``output_attentions=True`` returns
+under eager attention (``trajectories.attention_weights``) and stores ln p = s − ln Z: the scores up to one
+unknown constant per query row, marked ``gauge="log-probabilities"``. Which path a model takes is never listed
+per family (a transformers release can move a family from one to the other): the first capture of a model runs
+the interface path, sees which selected layers never called it, and remembers the answer for that model object,
+so later batches run one forward each; results record the path in ``conventions["capture"]``. A model that
+neither path reads (learned sink logits, ``output_attentions`` returning nothing) raises
+``UnsupportedArchitectureError``. Recomputing inline scores from hooked q and k would need a copy of each model's
+own position code, which is not done here.
 """
 from __future__ import annotations
 
@@ -40,6 +42,7 @@ from torch import nn
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 from transformers.modeling_utils import AttentionInterface
 
+from ..compat import warn_if_untested
 from ..errors import TrajectoryError, UnsupportedArchitectureError
 from ..models.pretrained.architectures import blocks
 from .attention_weights import attention_implementation, attention_log_probabilities, model_configs
@@ -102,9 +105,8 @@ class AttentionRecorder:
             self.calls.clear()
             raise UnsupportedArchitectureError(
                 f"layer(s) {missing[:8]} of model_type {self.model_type!r} computed attention without calling "
-                "transformers' AttentionInterface, so their scores cannot be recorded; every architecture-table "
-                "row but falcon and bloom (gptj before transformers 5.24) uses it. Fix: capture_attention(model, ...) reads such a model's "
-                "log-probabilities instead, or use a model of another family."
+                "transformers' AttentionInterface, so their scores cannot be recorded. Fix: capture_attention(model, "
+                "...) with gauge=None reads such a model's log-probabilities instead."
             )
         calls, self.calls = self.calls, {}
         return calls
@@ -116,22 +118,39 @@ def _visible_mask(*args, **kwargs) -> torch.Tensor | None:
     return sdpa_mask(*args, **kwargs)
 
 
-def _mask_parts(mask: torch.Tensor | None, scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | float]:
-    """(visible (B, q, k) bool, additive bias broadcastable to scores) from the mask the model passed."""
-    B, _, q, k = scores.shape
+def _model_type(module: nn.Module) -> str | None:
+    return getattr(getattr(module, "config", None), "model_type", None)
+
+
+def _mask_parts(mask: torch.Tensor | None, scores: torch.Tensor,
+                model_type: str | None = None) -> tuple[torch.Tensor, torch.Tensor | float]:
+    """(visible (B, q, k) bool, additive bias broadcastable to scores) from whatever mask the model passed.
+
+    Boolean (True = visible) or additive (0, or a finite bias such as ALiBi's, where visible; at most half the
+    dtype's minimum where hidden), shared by the heads (B, 1, q, k) or per head (B, H, q, k). Every head must hide
+    the same keys: ``AttentionScores`` holds one visible mask per layer.
+    """
+    B, H, q, k = scores.shape
     if mask is None:  # a bidirectional mask with nothing to hide
         return torch.ones(B, q, k, dtype=torch.bool, device=scores.device), 0.0
-    if mask.ndim != 4 or mask.shape[1] != 1:
-        raise TrajectoryError(f"attention mask of shape {tuple(mask.shape)}: the capture takes a (B, 1, q, k) mask "
-                              "shared by the heads; pass a 2D padding mask and let the model build the rest")
+    if mask.ndim != 4 or mask.shape[0] not in (1, B) or mask.shape[1] not in (1, H) or mask.shape[2] != q \
+            or mask.shape[3] < k:
+        raise TrajectoryError(f"attention mask of shape {tuple(mask.shape)} from model_type {model_type!r}: the "
+                              f"capture takes a mask shared by the heads ({B}, 1, {q}, {k}) or one per head ({B}, {H}, "
+                              f"{q}, {k}), boolean or additive; pass a 2D padding mask and let the model build the rest")
+    mask = mask[..., :k]
     low = torch.finfo(scores.dtype).min
     if mask.dtype == torch.bool:
-        mask = mask[..., :k]
-        return mask[:, 0].expand(B, q, k), torch.where(mask, torch.zeros((), dtype=scores.dtype,
-                                                                           device=scores.device), low)
-    # A prepared additive 4D mask the caller passed as is: 0 (or a bias) where visible, dtype-min where hidden.
-    bias = mask[..., :k].to(scores.dtype)
-    return (bias > low / 2)[:, 0].expand(B, q, k), bias
+        shown = mask
+        bias = torch.where(mask, torch.zeros((), dtype=scores.dtype, device=scores.device), low)
+    else:  # additive: 0 (or a bias) where visible, dtype-min (or -inf) where hidden
+        bias = mask.to(scores.dtype)
+        shown = bias > low / 2
+    if shown.shape[1] > 1 and not bool((shown == shown[:, :1]).all()):
+        raise TrajectoryError(f"the per-head attention mask of shape {tuple(mask.shape)} from model_type "
+                              f"{model_type!r} hides different keys for different heads; the capture records one "
+                              "visible mask per layer, shared by its heads")
+    return shown[:, 0].expand(B, q, k), bias
 
 
 def capture_attention_forward(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
@@ -139,7 +158,9 @@ def capture_attention_forward(module: nn.Module, query: torch.Tensor, key: torch
                               dropout: float = 0.0, softcap: float | None = None, **kwargs):
     """Eager attention, step for step, recording the scores of modules under :func:`record_attention`.
 
-    query (B, H, q, d), key and value (B, H_kv, k, d) -> output (B, q, H, d) and weights (B, H, q, k).
+    query (B, H, q, d), key and value (B, H_kv, k, d) -> output (B, q, H, d) and weights (B, H, q, k). The
+    recorded scores are what the softmax reads: q·kᵀ·scaling (soft-capped), plus the finite part of an additive
+    mask on the visible keys (a position bias such as ALiBi's, which a model may pass inside its mask).
     """
     if kwargs.get("s_aux") is not None:
         raise UnsupportedArchitectureError("this attention adds learned sink logits (s_aux) that eager attention in "
@@ -151,13 +172,14 @@ def capture_attention_forward(module: nn.Module, query: torch.Tensor, key: torch
     scores = torch.matmul(query, key.transpose(2, 3)) * scaling  # (B, H, q, k)
     if softcap is not None:
         scores = torch.tanh(scores / softcap) * softcap
-    visible, bias = _mask_parts(attention_mask, scores)
-    weights = nn.functional.softmax(scores + bias, dim=-1, dtype=torch.float32).to(query.dtype)
+    visible, bias = _mask_parts(attention_mask, scores, _model_type(module))
+    logits = scores + bias  # (B, H, q, k) what the softmax reads
+    weights = nn.functional.softmax(logits, dim=-1, dtype=torch.float32).to(query.dtype)
     weights = nn.functional.dropout(weights, p=dropout, training=module.training)
     output = torch.matmul(weights, value).transpose(1, 2).contiguous()
     if (target := _ACTIVE.get(id(module))) is not None:
         recorder, layer = target
-        recorder.add(layer, scores, visible)
+        recorder.add(layer, torch.where(visible[:, None], logits, scores), visible)
     return output, weights
 
 
@@ -187,6 +209,7 @@ def record_attention(model: nn.Module, *, layers: Sequence[int] | None = None,
     go ('cpu' keeps accelerator memory free). On exit every config's attention implementation is restored,
     also when the body raises.
     """
+    warn_if_untested()
     selected = resolve_layers(model, layers)
     owners = {id(m): layer for layer, block in enumerate(blocks(model)) if layer in selected
               for m in block.modules()}

@@ -1,16 +1,16 @@
 """Attention probabilities read from ``output_attentions``, and the switch of a model's attention implementation.
 
-The score capture (``trajectories.attention``) needs layers that call transformers' AttentionInterface. falcon,
-bloom and (before transformers 5.24) gptj compute attention inline (their own rotary code, or ALiBi), so for them this module runs the model
-with ``output_attentions=True`` under the "eager" implementation and reads each layer's attention probabilities
-p (B, H, q, k). Eager is needed twice over: an sdpa config makes transformers build a boolean mask (or none, for a
-plain causal pattern), which these inline layers would add to their scores as 0/1 instead of 0/−inf; and only the
-eager code path returns the weights. Every config's implementation is restored on exit, also when the forward
-raises. No hook is registered and no module is replaced.
+The score capture (``trajectories.attention``) needs layers that call transformers' AttentionInterface. For a
+model whose layers compute attention inline (their own position code, or ALiBi), this module runs the model with
+``output_attentions=True`` under the "eager" implementation and reads each layer's attention probabilities
+p (B, H, q, k). Eager is needed twice over: under sdpa transformers may build a boolean mask (or none, for a plain
+causal pattern), which an inline layer would add to its scores as 0/1 instead of 0/−inf; and only the eager code
+path returns the weights. Every config's implementation is restored on exit, also when the forward raises. No hook
+is registered and no module is replaced.
 
 What comes back is ln p in float32 (−inf where p is exactly 0): each head's scores up to one unknown constant per
 query row, since ln p_j = s_j − ln Z. The keys each query may see are read as causal over the real tokens, which
-is the mask of the three families above; the probabilities are checked against it (no weight on a hidden key,
+is the mask of a plain causal decoder; the probabilities are checked against it (no weight on a hidden key,
 rows summing to 1 over the visible ones), so an attention that is not a plain causal softmax (learned sink logits,
 sliding windows, a flash kernel returning no weights) is refused rather than misread.
 """
@@ -23,6 +23,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedConfig
 
+from ..compat import warn_if_untested
 from ..errors import UnsupportedArchitectureError
 from ..models.pretrained.architectures import blocks
 
@@ -101,6 +102,7 @@ def attention_log_probabilities(model: nn.Module, input_ids: torch.Tensor, atten
     Raises UnsupportedArchitectureError when the model returns no attention weights, or weights that are no causal
     softmax over the real tokens.
     """
+    warn_if_untested()
     model_type = getattr(getattr(model, "config", None), "model_type", None)
     with attention_implementation(model_configs(model), EAGER):
         attentions = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,

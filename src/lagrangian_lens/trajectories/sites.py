@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..compat import warn_if_untested
 from ..errors import TrajectoryError
 from ..models.pretrained.architectures import blocks, final_map, logit_softcap, unembedding
 
@@ -142,6 +143,7 @@ def _first(output):
 @contextlib.contextmanager
 def record_sites(model: nn.Module, sites: tuple[str, ...]) -> Iterator[SiteRecorder]:
     """Hooks that record ``sites`` on every forward; removed on exit, also when the body raises."""
+    warn_if_untested()
     recorder = SiteRecorder(sites)
     handles = []
 
