@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1] / "src" / "lagrangian_lens"
-LAYERS = ["errors", "checks", "provenance", "nn", "models", "data", "training", "trajectories", "mechanics", "analysis", "steering",
-          "experiments", "report", "cli"]
+LAYERS = ["errors", "checks", "compat", "provenance", "nn", "models", "data", "training", "trajectories", "mechanics",
+          "analysis", "steering", "experiments", "report", "doctor", "cli"]
 
 
 def layer_of(module_path: Path) -> str:

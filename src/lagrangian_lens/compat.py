@@ -12,7 +12,7 @@ import logging
 import transformers
 from packaging.version import Version
 
-TESTED_TRANSFORMERS = ("5.0.0", "5.25.0")  # (oldest, newest) transformers the conformance suite passed on
+TESTED_TRANSFORMERS = ("5.23.0", "5.25.0")  # (oldest, newest) transformers the conformance suite passed on
 _log = logging.getLogger("lagrangian_lens")
 _warned = False
 

@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 
 from ..compat import TESTED_TRANSFORMERS
 from ..errors import ConfigError
+from ..experiments.tables import format_table
 from ..models.own.gpt import GPT, GPTConfig
 from ..models.own.splm import SPLM, SPLMConfig
 from ..models.pretrained.loading import DTYPES, load_model
@@ -97,8 +98,6 @@ class DoctorReport:
 
     def table(self) -> str:
         """The terminal view: one row per model, one column per reading, then every note."""
-        from ..experiments.tables import format_table
-
         shown = [r for r in READINGS if any(r in m.cells for m in self.models)]
         rows = [["model", "model_type", *shown]]
         notes = []
