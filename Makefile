@@ -55,7 +55,7 @@ demo: setup
 	$(BIN)/lagrangian-lens report --out runs/demo
 
 test: setup
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=10
 
 lint: setup
 	$(BIN)/ruff check src tests benchmarks examples

@@ -149,12 +149,12 @@ def attention(model, sequences) -> Cell:
 def attention_cached_steps(model, sequences) -> Cell:
     """``record_attention`` over a left-padded prompt forward and KV-cache steps, against eager attention of the
     whole sequence alone: each step's query row over every real key."""
-    reading = "attention, KV-cache steps"
-    if capture_attention(model, torch.tensor(sequences[0]), layers=[0])[0].gauge != "scores":  # the path is cached
+    reading, device = "attention, KV-cache steps", next(model.parameters()).device
+    first = torch.tensor(sequences[0], device=device)
+    if capture_attention(model, first, layers=[0])[0].gauge != "scores":  # the model's path, found once and kept
         return Cell(reading, DEGRADED, note="no per-step capture on the log-probability path; capture_attention "
                                             "reads whole sequences")
     cmp, before = Comparison(), model.config._attn_implementation
-    device = next(model.parameters()).device
     prompts = [list(s[:-NEW_TOKENS]) for s in sequences]
     ids, mask, positions = left_pad(prompts, 0, device)
     pad = [ids.shape[1] - len(p) for p in prompts]
