@@ -19,8 +19,6 @@ from lagrangian_lens.trajectories.attention import capture_attention
 _SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 if "LAGRANGIAN_LENS_DATA" not in os.environ and _SHARED.is_dir():
     os.environ["LAGRANGIAN_LENS_DATA"] = str(_SHARED)
-# Tests never reach the Hugging Face hub: a missing hub id fails at once instead of after the network's retries.
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 VOCAB = 49152  # the default tokenizer's size, so tiny models share it
 
