@@ -53,7 +53,7 @@ from ..mechanics.thermo import (
     peak_temperature,
     reduce_rows,
 )
-from ..trajectories.attention import AttentionScores  # the input, defined beside its capture; importable from here
+from ..trajectories.attention_scores import AttentionScores  # the input; importable from here
 
 SINK_MODES = ("separate", "exclude")
 DEFAULT_TEMPERATURES = tuple(round(10 ** (-1 + k / 12), 6) for k in range(25))  # 0.1 .. 10, 12 points per decade
