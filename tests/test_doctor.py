@@ -1,6 +1,7 @@
 """The doctor: every table row's readings agree with the model's own outputs, and a broken reading is caught."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import tomllib
@@ -58,6 +59,19 @@ def test_a_site_hook_shifted_by_one_position_is_silently_wrong(monkeypatch):
         assert cell.verdict == SILENTLY_WRONG and "error" in cell.note and cell.max_error > cell.tolerance
     assert check.verdict == SILENTLY_WRONG
     assert not DoctorReport([check]).ok
+
+
+def test_own_model_sites_read_one_depth_step_off_are_silently_wrong(monkeypatch):
+    import lagrangian_lens.doctor as doctor
+
+    own = doctor.own_model_trajectories
+
+    def shifted(model, seqs):  # every site reads the state one depth step later
+        return [dataclasses.replace(t, states=t.states.roll(-1, dims=0)) for t in own(model, seqs)]
+
+    monkeypatch.setattr(doctor, "own_model_trajectories", shifted)
+    cell = check_own(own_models()["gpt"], name="gpt").cells["own depth sites"]
+    assert cell.verdict == SILENTLY_WRONG and "embed" in cell.note
 
 
 def test_a_mask_dropped_from_the_capture_is_silently_wrong(monkeypatch):

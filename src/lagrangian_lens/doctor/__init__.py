@@ -134,7 +134,6 @@ def check_pretrained(model: nn.Module, tokenizer=None, *, name: str | None = Non
     :func:`sequences_for`)."""
     seqs = [list(s) for s in (sequences or sequences_for(model, tokenizer))]
     model_type = getattr(model.config, "model_type", None)
-    check = ModelCheck(name or model_type or type(model).__name__, model_type)
     try:
         cells = list(readings.trajectories(model, tokenizer, seqs))
     except Exception as exc:  # noqa: BLE001 - each reading's failure is reported, never hidden
@@ -142,8 +141,7 @@ def check_pretrained(model: nn.Module, tokenizer=None, *, name: str | None = Non
     cells += [readings.guarded("attention", lambda: readings.attention(model, seqs)),
               readings.guarded("attention, KV-cache steps", lambda: readings.attention_cached_steps(model, seqs)),
               readings.guarded("steering δh = 0", lambda: readings.steering_zero(model, seqs))]
-    check.cells = {c.reading: c for c in cells}
-    return check
+    return ModelCheck(name or model_type or type(model).__name__, model_type, {c.reading: c for c in cells})
 
 
 def check_own(model: nn.Module, *, name: str | None = None) -> ModelCheck:
@@ -167,9 +165,8 @@ def check_own(model: nn.Module, *, name: str | None = None) -> ModelCheck:
             cmp.failures.append(f"{len(tr.sites)} sites for {len(states)} depth states and the read-out input")
         return cmp.cell("own depth sites")
 
-    check = ModelCheck(name or type(model).__name__, type(model).__name__)
-    check.cells = {"own depth sites": readings.guarded("own depth sites", run)}
-    return check
+    kind = type(model).__name__
+    return ModelCheck(name or kind, kind, {"own depth sites": readings.guarded("own depth sites", run)})
 
 
 def own_models() -> dict[str, nn.Module]:
@@ -187,9 +184,7 @@ def diagnose(models: Sequence | None = None, *, progress: bool = False) -> Docto
             checks.append(check_pretrained(tiny_model(name), name=name))
         checks += [check_own(model, name=name) for name, model in own_models().items()]
     else:
-        for loaded in models:
-            label = loaded.description.spec if hasattr(loaded, "description") else None
-            checks.append(check_pretrained(loaded.model, loaded.tokenizer, name=label))
+        checks = [check_pretrained(loaded.model, loaded.tokenizer, name=loaded.description.spec) for loaded in models]
     return DoctorReport(checks)
 
 
